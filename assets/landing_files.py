@@ -1,0 +1,179 @@
+"""Read landing files, any supported format, into uniform raw records.
+
+Every row of every file becomes `(line_no, record, read_error)`: `record` is the row as
+a JSON object text (a CSV row is turned into one, keyed by the header), or the row's
+text as it was when it could not be read that far. Rows that cannot be read are kept
+with a `read_error` code so that validation quarantines them: nothing is dropped here.
+Blank lines are not rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+CHUNK_BYTES = 32 * 1024 * 1024
+RAW_SCHEMA = pa.schema([("line_no", pa.int64()), ("record", pa.string()), ("read_error", pa.string())])
+
+INVALID_UTF8 = "invalid_utf8"
+WRONG_FIELD_COUNT = "wrong_field_count"
+BAD_CSV = "bad_csv"
+
+csv.field_size_limit(1 << 30)
+
+
+class LandingFileError(Exception):
+    """A landing file that cannot be read at all. Its message names the file and what to do."""
+
+
+def read_landing_file(path: Path) -> Iterator[pa.Table]:
+    """Yield the file's rows in chunks of `RAW_SCHEMA` tables, in file order."""
+    name = path.name.lower()
+    try:
+        if name.endswith(".parquet"):
+            yield from _read_parquet(path)
+        elif name.endswith((".csv", ".csv.gz")):
+            yield from _read_csv(path)
+        else:
+            yield from _read_json_lines(path)
+    except (OSError, EOFError, gzip.BadGzipFile, duckdb.Error) as error:
+        if isinstance(error, FileNotFoundError):
+            raise
+        raise LandingFileError(
+            f"cannot read landing file {path}: {error}. Fix or remove the file, then re-run the partition."
+        ) from error
+
+
+def _open(path: Path):
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+
+
+def _decode_lines(lines: list[bytes]) -> tuple[list[str], list[str | None]]:
+    """Decode a chunk of lines; only when the chunk is not valid UTF-8 is it decoded line by line."""
+    blob = b"".join(lines)
+    try:
+        texts = blob.decode("utf-8").split("\n")
+    except UnicodeDecodeError:
+        texts, errors = [], []
+        for line in lines:
+            try:
+                texts.append(line.decode("utf-8"))
+                errors.append(None)
+            except UnicodeDecodeError:
+                texts.append(line.decode("utf-8", "backslashreplace"))
+                errors.append(INVALID_UTF8)
+        return [t.rstrip("\r\n") for t in texts], errors
+    if blob.endswith(b"\n"):
+        texts.pop()
+    return [t.rstrip("\r") for t in texts], [None] * len(texts)
+
+
+def _read_json_lines(path: Path) -> Iterator[pa.Table]:
+    line_no = 0
+    with _open(path) as handle:
+        while lines := handle.readlines(CHUNK_BYTES):
+            texts, errors = _decode_lines(lines)
+            numbers = range(line_no + 1, line_no + 1 + len(texts))
+            line_no += len(texts)
+            keep = [i for i, t in enumerate(texts) if t.strip()]
+            if len(keep) != len(texts):
+                numbers = [numbers[i] for i in keep]
+                texts = [texts[i] for i in keep]
+                errors = [errors[i] for i in keep]
+            yield pa.table([pa.array(numbers, pa.int64()), pa.array(texts, pa.string()),
+                            pa.array(errors, pa.string())], schema=RAW_SCHEMA)
+
+
+def _read_csv(path: Path) -> Iterator[pa.Table]:
+    """CSV with a header row. Empty cells are absent values. A row with the wrong number
+    of fields is kept as its text with `wrong_field_count`."""
+    with _open(path) as handle:
+        data = handle.read()
+    try:
+        text = data.decode("utf-8")
+        strict = True
+    except UnicodeDecodeError:
+        text = data.decode("utf-8", "surrogateescape")
+        strict = False
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = _next_row(reader)
+    if header is None:
+        return
+    header = _unique_names([_replace_surrogates(h).strip().lstrip("\ufeff") for h in header])
+    numbers, records, errors = [], [], []
+    last_line = reader.line_num
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as error:
+            numbers.append(last_line + 1)
+            records.append(json.dumps({"_unparsed": str(error)}))
+            errors.append(BAD_CSV)
+            last_line = reader.line_num
+            continue
+        start, last_line = last_line + 1, reader.line_num
+        if not any(cell.strip() for cell in row):
+            continue
+        error = None
+        if not strict and any(_has_surrogates(cell) for cell in row):
+            row = [_replace_surrogates(cell) for cell in row]
+            error = INVALID_UTF8
+        if len(row) != len(header):
+            record, error = ",".join(row), error or WRONG_FIELD_COUNT
+        else:
+            record = json.dumps({k: (v if v != "" else None) for k, v in zip(header, row)}, ensure_ascii=False)
+        numbers.append(start)
+        records.append(record)
+        errors.append(error)
+    yield pa.table([pa.array(numbers, pa.int64()), pa.array(records, pa.string()),
+                    pa.array(errors, pa.string())], schema=RAW_SCHEMA)
+
+
+def _read_parquet(path: Path) -> Iterator[pa.Table]:
+    con = duckdb.connect()
+    try:
+        table = con.execute(
+            "SELECT (row_number() OVER ())::BIGINT AS line_no, to_json(t)::VARCHAR AS record, "
+            "NULL::VARCHAR AS read_error FROM read_parquet(?) AS t",
+            [str(path)],
+        ).fetch_arrow_table()
+    finally:
+        con.close()
+    yield table.cast(RAW_SCHEMA)
+
+
+def _next_row(reader) -> list[str] | None:
+    try:
+        return next(reader)
+    except StopIteration:
+        return None
+
+
+def _unique_names(names: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    unique = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        unique.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
+    return unique
+
+
+def _has_surrogates(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _replace_surrogates(text: str) -> str:
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

@@ -1,0 +1,73 @@
+"""Text normalization and masking of e-mail addresses and phone numbers.
+
+Every text enters the cleaned tables through `clean_text`, so nothing downstream of
+ingestion sees an address or a number a person could be reached at. The patterns are
+written in the subset of syntax that Python's `re` and DuckDB's RE2 share, so SQL can
+mask JSON attribute values with exactly the same rules.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import unicodedata
+
+import pyarrow as pa
+
+EMAIL_MASK = "[email]"
+PHONE_MASK = "[phone]"
+
+EMAIL_PATTERN = r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
+PHONE_PATTERN = "|".join(
+    [
+        # international, with a leading plus: +44 20 7946 0958, +1 (555) 123-4567
+        r"\+\d{1,3}[ .-]?\(?\d{1,4}\)?(?:[ .-]?\d{2,4}){2,4}",
+        # North American: (555) 123-4567, 555.123.4567
+        r"\(?\b\d{3}\)?[ .-]?\d{3}[ .-]\d{4}\b",
+        # Chinese mobile: 138-0013-8000, 138 0013 8000
+        r"\b1[3-9]\d[ -]\d{4}[ -]\d{4}\b",
+        # ten or eleven digits in a row: 5551234567, 13800138000
+        r"\b\d{10,11}\b",
+    ]
+)
+
+_EMAIL = re.compile(EMAIL_PATTERN)
+_PHONE = re.compile(PHONE_PATTERN)
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u2028\u2029\ufeff]")
+
+
+def normalize_text(text: str) -> str | None:
+    """Decode HTML entities, apply NFKC, drop control characters, collapse whitespace.
+
+    NFKC folds full-width digits and letters (common in Chinese shops) to ASCII, so the
+    masks below see them. Returns None for text that is empty once normalized.
+    """
+    if "&" in text:
+        text = html.unescape(text)
+    text = unicodedata.normalize("NFKC", text)
+    text = _CONTROL.sub(" ", text)
+    text = " ".join(text.split())
+    return text or None
+
+
+def mask_pii(text: str) -> str:
+    """Replace e-mail addresses and phone numbers with fixed tokens."""
+    return _PHONE.sub(PHONE_MASK, _EMAIL.sub(EMAIL_MASK, text))
+
+
+def clean_text(text: str | None) -> str | None:
+    if text is None:
+        return None
+    normalized = normalize_text(text)
+    return mask_pii(normalized) if normalized else None
+
+
+def clean_text_arrow(texts: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """`clean_text` over an Arrow column; registered as a vectorized DuckDB function."""
+    return pa.array([clean_text(t) for t in texts.to_pylist()], type=pa.string())
+
+
+def sql_mask_pii(expression: str) -> str:
+    """The same masking as `mask_pii`, as a DuckDB SQL expression."""
+    emails = f"regexp_replace({expression}, '{EMAIL_PATTERN}', '{EMAIL_MASK}', 'g')"
+    return f"regexp_replace({emails}, '{PHONE_PATTERN}', '{PHONE_MASK}', 'g')"

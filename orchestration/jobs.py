@@ -1,0 +1,18 @@
+"""Jobs: the ingestion of event days, and the rebuild of the dimension tables."""
+
+import dagster as dg
+
+from assets.partitions import event_days
+
+events_job = dg.define_asset_job(
+    "ingest_events",
+    selection=dg.AssetSelection.assets("raw_events", "events", "quarantine"),
+    partitions_def=event_days,
+    description="Read a range of event days from the landing zone into raw_events, events and quarantine.",
+)
+
+dimensions_job = dg.define_asset_job(
+    "ingest_dimensions",
+    selection=dg.AssetSelection.assets("items", "users"),
+    description="Rebuild items and users from landing/items and landing/users.",
+)
