@@ -190,7 +190,7 @@ def _dimension_asset(dimension: Dimension, description: str) -> dg.AssetsDefinit
     def _asset(context: dg.AssetExecutionContext, warehouse: Warehouse, landing: LandingZone):
         try:
             with warehouse.transaction() as con:
-                load = load_dimension(con, landing, dimension, context.run_id)
+                load = load_dimension(con, landing, dimension, context.run.run_id)
         except LandingFileError as error:
             raise dg.Failure(str(error)) from error
         for ignored in load.ignored_files:

@@ -13,7 +13,7 @@ import dagster as dg
 import duckdb
 
 from assets.metadata import bar_chart_markdown, markdown_table, query_rows, table_schema
-from assets.partitions import day_keys, event_days
+from assets.partitions import SINGLE_RUN, day_keys, event_days
 from assets.raw_events import RAW_EVENTS_DDL, raw_events
 from assets.table_checks import check_table, table_check_specs
 from assets.text_cleaning import clean_text_arrow
@@ -250,13 +250,13 @@ FROM (
     ],
     check_specs=table_check_specs("events", key="event_date, event_id"),
     partitions_def=event_days,
-    backfill_policy=dg.BackfillPolicy.single_run(),
+    backfill_policy=SINGLE_RUN,
     name="validate_events",
 )
 def validate_events(context: dg.AssetExecutionContext, warehouse: Warehouse):
     days = day_keys(context)
     with warehouse.transaction() as con:
-        counts = clean_events(con, days, context.run_id)
+        counts = clean_events(con, days, context.run.run_id)
     with warehouse.connect() as con:
         checks = check_table(
             con, "events", "events", EVENTS_COLUMNS, REQUIRED_VIOLATIONS, key="event_date, event_id",

@@ -102,21 +102,23 @@ def _read_csv(path: Path) -> Iterator[pa.Table]:
     except UnicodeDecodeError:
         text = data.decode("utf-8", "surrogateescape")
         strict = False
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     header = _next_row(reader)
     if header is None:
         return
     header = _unique_names([_replace_surrogates(h).strip().lstrip("\ufeff") for h in header])
     numbers, records, errors = [], [], []
+    lines: list[str] = []  # the file's lines, split only if a row cannot be parsed
     last_line = reader.line_num
     while True:
         try:
             row = next(reader)
         except StopIteration:
             break
-        except csv.Error as error:
+        except csv.Error:
+            lines = lines or text.split("\n")
             numbers.append(last_line + 1)
-            records.append(json.dumps({"_unparsed": str(error)}))
+            records.append(_replace_surrogates("\n".join(lines[last_line:reader.line_num]).rstrip("\r\n")))
             errors.append(BAD_CSV)
             last_line = reader.line_num
             continue

@@ -7,7 +7,7 @@ import duckdb
 
 from assets.landing_files import LandingFileError, read_landing_file
 from assets.metadata import markdown_table
-from assets.partitions import day_keys, event_days
+from assets.partitions import SINGLE_RUN, day_keys, event_days
 from resources.landing import LandingZone, is_readable
 from resources.warehouse import Warehouse
 
@@ -75,7 +75,7 @@ def _insert_file(con: duckdb.DuckDBPyConnection, path, name: str, day: str) -> i
 
 @dg.asset(
     partitions_def=event_days,
-    backfill_policy=dg.BackfillPolicy.single_run(),
+    backfill_policy=SINGLE_RUN,
     group_name="ingest",
     kinds={"duckdb"},
     owners=["team:portrait"],

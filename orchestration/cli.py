@@ -1,0 +1,118 @@
+"""The `portrait` command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from resources.home import ensure_dagster_home, landing_path, portrait_home, warehouse_path
+from resources.landing import LandingZone
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="portrait", description="User portraits and recommendations for a shop.")
+    parser.add_argument("--home", help="state folder (default: $PORTRAIT_HOME or ./.portrait)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    importer = commands.add_parser("import", help="turn a source into landing files")
+    sources = importer.add_subparsers(dest="source", required=True)
+    demo = sources.add_parser("demo", help="generate the built-in demo shop")
+    demo.add_argument("--users", type=int, default=600)
+    demo.add_argument("--items", type=int, default=300)
+    demo.add_argument("--days", type=int, default=45)
+    demo.add_argument("--seed", type=int, default=7)
+    sources.add_parser("amazon-reviews", help="McAuley Amazon review JSON lines (gzip or not)").add_argument("file")
+    sources.add_parser("taobao", help="Tianchi Taobao UserBehavior CSV (gzip or not)").add_argument("file")
+
+    run = commands.add_parser("run", help="materialize every landed day, then everything downstream")
+    run.add_argument("--start", help="first day to ingest, YYYY-MM-DD (default: the first landed)")
+    run.add_argument("--end", help="last day to ingest, YYYY-MM-DD (default: the last landed)")
+
+    ui = commands.add_parser("ui", help="start the Dagster UI on 127.0.0.1")
+    ui.add_argument("--port", type=int, default=3000)
+
+    args = parser.parse_args(argv)
+    if args.home:
+        os.environ["PORTRAIT_HOME"] = str(Path(args.home).resolve())
+    return {"import": _import, "run": _run, "ui": _ui}[args.command](args)
+
+
+def _import(args: argparse.Namespace) -> int:
+    landing = LandingZone(root=str(landing_path()))
+    if args.source == "demo":
+        from orchestration.importers.demo import generate_demo
+
+        summary = generate_demo(landing, users=args.users, items=args.items, days=args.days, seed=args.seed)
+        print(f"demo shop: {summary.events:,} events ({summary.hostile_rows} deliberately bad), "
+              f"{summary.users:,} users, {summary.items:,} items, {summary.first_day}..{summary.last_day}")
+    else:
+        source = Path(args.file)
+        if not source.is_file():
+            print(f"error: {source} does not exist or is not a file", file=sys.stderr)
+            return 2
+        if args.source == "amazon-reviews":
+            from orchestration.importers.amazon import import_amazon_reviews as importer
+        else:
+            from orchestration.importers.taobao import import_taobao as importer
+        summary = importer(source, landing)
+        print(f"{source.name}: {summary.rows_read:,} rows read, {summary.malformed:,} malformed (carried over for "
+              f"quarantine), {summary.days:,} days, {summary.items:,} items")
+    print(f"landing files under {landing.path}; next: `portrait run`")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    ensure_dagster_home()
+    import dagster as dg
+
+    from orchestration.definitions import defs
+    from orchestration.runs import ingest
+
+    landing = LandingZone(root=str(landing_path()))
+    print(f"Portrait home: {portrait_home()}")
+    with dg.DagsterInstance.get() as instance:
+        outcomes = ingest(defs, instance, landing, args.start, args.end)
+    _print_summary()
+    failed = [o for o in outcomes if not o.success]
+    if failed:
+        print(f"{len(failed)} run(s) failed; open the UI (`make ui`) and look at Runs for the full logs.")
+        return 1
+    print("Open the UI with `make ui`, then http://127.0.0.1:3000 (Assets, Runs, the asset graph).")
+    return 0
+
+
+def _print_summary() -> None:
+    import duckdb
+
+    path = warehouse_path()
+    if not path.exists():
+        return
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        tables = {name for (name,) in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        print("Warehouse", path)
+        for table in ("raw_events", "events", "quarantine", "items", "users"):
+            if table in tables:
+                print(f"  {table:<12} {con.execute(f'SELECT count(*) FROM {table}').fetchone()[0]:>10,} rows")
+        if "quarantine" in tables:
+            for reason, rows in con.execute("SELECT reason, count(*) FROM quarantine GROUP BY 1 ORDER BY 2 DESC LIMIT 5").fetchall():
+                print(f"    quarantined {reason}: {rows:,}")
+    finally:
+        con.close()
+
+
+def _ui(args: argparse.Namespace) -> int:
+    ensure_dagster_home()
+    command = [sys.executable, "-m", "dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"),
+               "-h", "127.0.0.1", "-p", str(args.port)]
+    print(f"Dagster UI on http://127.0.0.1:{args.port} (instance {os.environ['DAGSTER_HOME']})")
+    return subprocess.call(command, cwd=PROJECT_ROOT)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

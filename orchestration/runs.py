@@ -1,0 +1,98 @@
+"""Launch Portrait's jobs as Dagster runs recorded in the instance (used by the command line)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import dagster as dg
+
+from assets.partitions import event_days
+from resources.landing import LandingZone
+
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+#: The command line prints its own progress; the full run logs are in the instance (UI, Runs).
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    job: str
+    run_id: str
+    success: bool
+    seconds: float
+    partitions: str = ""
+    error: str = ""
+
+
+def contiguous_ranges(ordered_keys: list[str], wanted: Iterable[str]) -> list[tuple[str, str]]:
+    """Split `wanted` into runs of keys that are adjacent in the partitions' own order.
+
+    A dynamic partition range runs in one run (single-run backfill); keys added out of
+    date order would otherwise drag unwanted days into the range.
+    """
+    wanted = set(wanted)
+    ranges: list[tuple[str, str]] = []
+    start = previous = None
+    for key in ordered_keys:
+        if key in wanted:
+            start = start or key
+            previous = key
+        elif start is not None:
+            ranges.append((start, previous))
+            start = None
+    if start is not None:
+        ranges.append((start, previous))
+    return ranges
+
+
+def register_event_days(instance: dg.DagsterInstance, landing: LandingZone, start: str | None = None,
+                        end: str | None = None) -> list[str]:
+    """Add a partition for every landed day in [start, end]; return those days."""
+    days = [d for d in landing.event_days() if (start is None or d >= start) and (end is None or d <= end)]
+    known = set(instance.get_dynamic_partitions(event_days.name))
+    new = [d for d in days if d not in known]
+    if new:
+        instance.add_dynamic_partitions(event_days.name, new)
+    return days
+
+
+def run_job(defs: dg.Definitions, name: str, instance: dg.DagsterInstance, tags: dict[str, str] | None = None,
+            label: str = "") -> RunOutcome:
+    started = time.monotonic()
+    result = defs.resolve_job_def(name).execute_in_process(
+        run_config=QUIET, instance=instance, tags=tags or {}, raise_on_error=False
+    )
+    error = ""
+    if not result.success:
+        failures = [e for e in result.all_events if e.is_step_failure]
+        error = "; ".join(str(e.step_failure_data.error.message).strip() for e in failures) or "run failed"
+    return RunOutcome(name, result.run_id, result.success, time.monotonic() - started, label, error)
+
+
+def ingest(defs: dg.Definitions, instance: dg.DagsterInstance, landing: LandingZone, start: str | None,
+           end: str | None, report: Callable[[str], None] = print) -> list[RunOutcome]:
+    """Rebuild items and users, then ingest every landed day in [start, end] in as few runs as possible."""
+    days = register_event_days(instance, landing, start, end)
+    for entry in landing.misnamed_event_folders():
+        report(f"  skipped landing/events/{entry}: not a date=YYYY-MM-DD folder")
+    outcomes = [_reported(run_job(defs, "ingest_dimensions", instance), report)]
+    ranges = contiguous_ranges(instance.get_dynamic_partitions(event_days.name), days)
+    for first, last in ranges:
+        tags = {RANGE_START_TAG: first, RANGE_END_TAG: last}
+        label = first if first == last else f"{first}..{last}"
+        outcomes.append(_reported(run_job(defs, "ingest_events", instance, tags, label), report))
+    if not days:
+        report("  no event days landed yet: put files under landing/events/date=YYYY-MM-DD/ or run `portrait import`")
+    return outcomes
+
+
+def _reported(outcome: RunOutcome, report: Callable[[str], None]) -> RunOutcome:
+    status = "ok" if outcome.success else "FAILED"
+    where = f" [{outcome.partitions}]" if outcome.partitions else ""
+    report(f"  {outcome.job}{where}: {status} in {outcome.seconds:.1f} s (run {outcome.run_id[:8]})")
+    if outcome.error:
+        report(f"    {outcome.error}")
+    return outcome
