@@ -190,10 +190,8 @@ class EventCounts:
 
 def register_functions(con: duckdb.DuckDBPyConnection) -> None:
     """The Python text cleaner as a vectorized SQL function (idempotent per connection)."""
-    try:
+    if not con.execute("SELECT 1 FROM duckdb_functions() WHERE function_name = 'clean_text'").fetchone():
         con.create_function("clean_text", clean_text_arrow, ["VARCHAR"], "VARCHAR", type="arrow", side_effects=False)
-    except duckdb.CatalogException:
-        pass  # already registered on this connection
 
 
 def clean_events(con: duckdb.DuckDBPyConnection, days: list[str], run_id: str | None) -> EventCounts:

@@ -143,11 +143,11 @@ def _read_csv(path: Path) -> Iterator[pa.Table]:
 def _read_parquet(path: Path) -> Iterator[pa.Table]:
     con = duckdb.connect()
     try:
-        table = con.execute(
+        table = con.sql(
             "SELECT (row_number() OVER ())::BIGINT AS line_no, to_json(t)::VARCHAR AS record, "
-            "NULL::VARCHAR AS read_error FROM read_parquet(?) AS t",
-            [str(path)],
-        ).fetch_arrow_table()
+            "NULL::VARCHAR AS read_error FROM read_parquet($path) AS t",
+            params={"path": str(path)},
+        ).to_arrow_table()
     finally:
         con.close()
     yield table.cast(RAW_SCHEMA)

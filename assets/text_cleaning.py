@@ -17,7 +17,8 @@ import pyarrow as pa
 EMAIL_MASK = "[email]"
 PHONE_MASK = "[phone]"
 
-EMAIL_PATTERN = r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
+# the local part takes every character RFC 5322 allows unquoted
+EMAIL_PATTERN = r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.(?:[A-Za-z]{2,}|xn--[A-Za-z0-9-]+)"
 PHONE_PATTERN = "|".join(
     [
         # international, with a leading plus: +44 20 7946 0958, +1 (555) 123-4567
@@ -31,8 +32,10 @@ PHONE_PATTERN = "|".join(
     ]
 )
 
-_EMAIL = re.compile(EMAIL_PATTERN)
-_PHONE = re.compile(PHONE_PATTERN)
+# re.ASCII gives `\d` and `\b` the ASCII meaning RE2 gives them, so both mask alike
+# (and a number glued to Chinese text, as in "手机13800138000", is still masked).
+_EMAIL = re.compile(EMAIL_PATTERN, re.ASCII)
+_PHONE = re.compile(PHONE_PATTERN, re.ASCII)
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u2028\u2029\ufeff]")
 
 
@@ -69,5 +72,9 @@ def clean_text_arrow(texts: pa.Array | pa.ChunkedArray) -> pa.Array:
 
 def sql_mask_pii(expression: str) -> str:
     """The same masking as `mask_pii`, as a DuckDB SQL expression."""
-    emails = f"regexp_replace({expression}, '{EMAIL_PATTERN}', '{EMAIL_MASK}', 'g')"
-    return f"regexp_replace({emails}, '{PHONE_PATTERN}', '{PHONE_MASK}', 'g')"
+    emails = f"regexp_replace({expression}, {_sql_literal(EMAIL_PATTERN)}, '{EMAIL_MASK}', 'g')"
+    return f"regexp_replace({emails}, {_sql_literal(PHONE_PATTERN)}, '{PHONE_MASK}', 'g')"
+
+
+def _sql_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"

@@ -119,9 +119,13 @@ def field_columns_sql(fields: tuple[str, ...]) -> str:
 
 
 def attributes_sql(fields: tuple[str, ...]) -> str:
-    """Fields outside the contract, kept as a JSON object (PII masked), or NULL."""
+    """Fields outside the contract, kept as a JSON object (PII masked), or NULL.
+
+    A JSON merge patch with a null for each contract field removes those fields; merging
+    the rest into `{}` drops members whose value is null (an empty CSV cell).
+    """
     removal = "{" + ", ".join(f'"{f}": null' for f in fields) + "}"
-    rest = f"json_merge_patch(record, '{removal}')"
+    rest = f"json_merge_patch('{{}}', json_merge_patch(record, '{removal}'))"
     return f"CASE WHEN is_object AND {rest} <> '{{}}' THEN {sql_mask_pii(rest)}::JSON END"
 
 

@@ -70,13 +70,13 @@ def _run(args: argparse.Namespace) -> int:
     ensure_dagster_home()
     import dagster as dg
 
-    from orchestration.definitions import defs
+    from orchestration.definitions import build_defs
     from orchestration.runs import ingest
 
     landing = LandingZone(root=str(landing_path()))
     print(f"Portrait home: {portrait_home()}")
     with dg.DagsterInstance.get() as instance:
-        outcomes = ingest(defs, instance, landing, args.start, args.end)
+        outcomes = ingest(build_defs(), instance, landing, args.start, args.end)
     _print_summary()
     failed = [o for o in outcomes if not o.success]
     if failed:

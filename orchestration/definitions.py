@@ -13,16 +13,16 @@ from resources.landing import LandingZone
 from resources.warehouse import Warehouse
 
 
-def build_resources() -> dict[str, dg.ConfigurableResource]:
-    """Resources rooted at `PORTRAIT_HOME` as it is when the code location loads."""
-    return {
-        "warehouse": Warehouse(path=str(warehouse_path())),
-        "landing": LandingZone(root=str(landing_path())),
-    }
+def build_defs() -> dg.Definitions:
+    """Definitions whose resources are rooted at `PORTRAIT_HOME` as it is now."""
+    return dg.Definitions(
+        assets=[raw_events, validate_events, items, users],
+        jobs=[events_job, dimensions_job],
+        resources={
+            "warehouse": Warehouse(path=str(warehouse_path())),
+            "landing": LandingZone(root=str(landing_path())),
+        },
+    )
 
 
-defs = dg.Definitions(
-    assets=[raw_events, validate_events, items, users],
-    jobs=[events_job, dimensions_job],
-    resources=build_resources(),
-)
+defs = build_defs()

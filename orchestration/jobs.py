@@ -2,12 +2,9 @@
 
 import dagster as dg
 
-from assets.partitions import event_days
-
 events_job = dg.define_asset_job(
     "ingest_events",
     selection=dg.AssetSelection.assets("raw_events", "events", "quarantine"),
-    partitions_def=event_days,
     description="Read a range of event days from the landing zone into raw_events, events and quarantine.",
 )
 

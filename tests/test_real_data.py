@@ -1,0 +1,62 @@
+"""The two real data sets in ../shared/data, imported and ingested end to end.
+
+Facts asserted here come from shared/data/README.md, not from our own output.
+"""
+
+import dagster as dg
+import pytest
+
+from orchestration.cli import main
+from resources.landing import LandingZone
+from tests.conftest import shared_file
+from tests.ingest_helpers import check_results, ingest_dimensions, ingest_events, query
+
+pytestmark = pytest.mark.slow
+
+TAOBAO = "taobao-userbehavior-head/UserBehavior.csv.gz"
+AMAZON = "amazon-musical-instruments-5core/reviews_Musical_Instruments_5.json.gz"
+
+
+def test_taobao_head_through_the_command_line(home):
+    source = shared_file(TAOBAO)
+    assert main(["import", "taobao", str(source)]) == 0
+    assert main(["run"]) == 0
+
+    assert query(home, "SELECT count(*), count(DISTINCT user_id), count(DISTINCT item_id) FROM events") == [
+        (84_475, 815, 55_368)]
+    assert dict(query(home, "SELECT event_type, count(*) FROM events GROUP BY 1")) == {
+        "view": 75_872, "add_to_cart": 4_497, "favorite": 2_356, "purchase": 1_750}
+    # the truncated last line of the file is the one bad row, kept as it was
+    assert query(home, "SELECT reason, record FROM quarantine") == [("wrong_field_count", "100370,1968385,1875258,pv")]
+    assert query(home, "SELECT count(*) FROM items") == [(55_368,)]
+    assert query(home, "SELECT count(DISTINCT c) FROM items, unnest(categories) AS t(c)") == [(2_914,)]
+    assert query(home, "SELECT count(DISTINCT attributes->>'category_id') FROM events") == [(2_914,)]
+    outside = "(ts + INTERVAL 8 HOUR)::DATE NOT BETWEEN DATE '2017-11-25' AND DATE '2017-12-03'"
+    assert query(home, f"SELECT count(*) FROM events WHERE {outside}") == [(35,)]
+    assert query(home, "SELECT sum(rows_read), sum(loaded), sum(duplicates), sum(quarantined) FROM ingest_stats "
+                       "WHERE source = 'events'") == [(84_476, 84_475, 0, 1)]
+
+
+def test_amazon_reviews_every_day_in_one_run(home):
+    source = shared_file(AMAZON)
+    assert main(["import", "amazon-reviews", str(source)]) == 0
+    days = LandingZone(root=str(home / "landing")).event_days()
+    assert (days[0], days[-1]) == ("2004-09-18", "2014-07-22")
+    # an in-memory instance: these are real runs, without writing ~5,000 events to SQLite
+    instance = dg.DagsterInstance.ephemeral()
+    result = ingest_events(home, instance, days)
+    assert result.success and len(instance.get_runs()) == 1
+    assert all(check_results(result).values())
+    assert ingest_dimensions(home, instance).success
+
+    assert query(home, "SELECT count(*), count(DISTINCT user_id), count(DISTINCT item_id) FROM events") == [
+        (10_261, 1_429, 900)]
+    assert query(home, "SELECT count(*) FROM items") == [(900,)]
+    assert dict(query(home, "SELECT rating::INT, count(*) FROM events GROUP BY 1")) == {
+        5: 6_938, 4: 2_084, 3: 772, 2: 250, 1: 217}
+    assert query(home, "SELECT count(*) FROM quarantine") == [(0,)]
+    # 7 reviews have an empty reviewText; their summary is kept
+    assert query(home, "SELECT count(*), count(attributes->>'summary') FROM events WHERE text IS NULL") == [(7, 7)]
+    assert query(home, "SELECT min(ts)::DATE::VARCHAR, max(ts)::DATE::VARCHAR FROM events") == [
+        ("2004-09-18", "2014-07-22")]
+    assert query(home, "SELECT count(*) FROM events WHERE attributes->>'reviewerName' IS NOT NULL") == [(0,)]
