@@ -11,7 +11,7 @@ import dagster as dg
 import duckdb
 
 from assets.events import register_functions
-from assets.landing_files import LandingFileError, read_landing_file
+from assets.landing_files import LandingFileError, insert_landing_file
 from assets.metadata import markdown_table, query_rows, table_schema
 from assets.table_checks import check_table, table_check_specs
 from assets.validation import (
@@ -135,10 +135,7 @@ def load_dimension(con: duckdb.DuckDBPyConnection, landing: LandingZone, dimensi
             ignored.append(name)
             continue
         try:
-            for chunk in read_landing_file(path):
-                con.register("_chunk", chunk)
-                con.execute("INSERT INTO _raw_rows SELECT ?, line_no, record, read_error FROM _chunk", [name])
-                con.unregister("_chunk")
+            insert_landing_file(con, path, "INSERT INTO _raw_rows SELECT ?, line_no, record, read_error FROM {rows}", [name])
         except FileNotFoundError:
             continue
         files.append(name)

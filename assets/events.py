@@ -2,8 +2,8 @@
 
 Validation is one SQL pass over `raw_events` (see `EVENT_RULES`, in order: the first rule
 a row fails names its reason). Good rows get UTC timestamps, normalized texts with
-e-mail addresses and phone numbers masked, and an `event_id` (the given one, or a hash
-of the cleaned row). Exact and event_id duplicates within a day keep their first row
+e-mail addresses and phone numbers masked, and an `event_id` (the given one, or an MD5
+hash of the row's contract fields and attributes). Exact and event_id duplicates within a day keep their first row
 in file order. A day's rows are replaced whole, in one transaction.
 """
 
@@ -136,35 +136,41 @@ def _check_sql() -> str:
             TRY_CAST(quantity_raw AS DOUBLE) AS quantity_num
         FROM typed
     )
-    SELECT event_date, source_file, line_no, record,
+    SELECT event_date, source_file, line_no,
+           {first_failure_sql(EVENT_RULES)} AS failure,
+           CASE WHEN failure IS NOT NULL THEN record END AS record,
            user_id_raw AS user_id, etype AS event_type, ts, item_id_raw AS item_id, text_raw, rating, price,
-           quantity_num::INTEGER AS quantity_ok, session_id_raw AS session_id, event_id_raw AS given_event_id,
+           CASE WHEN failure IS NULL THEN quantity_num::INTEGER END AS quantity, session_id_raw AS session_id,
            {attributes_sql(EVENT_FIELDS)} AS attributes,
-           {first_failure_sql(EVENT_RULES)} AS failure
+           CASE WHEN failure IS NULL THEN coalesce(event_id_raw, md5(to_json({{
+               'user_id': user_id, 'event_type': event_type, 'ts': ts, 'item_id': item_id, 'text': text_raw,
+               'rating': rating, 'price': price, 'quantity': quantity, 'session_id': session_id,
+               'attributes': attributes}}))) END AS event_id
     FROM parsed
     """
 
 
-_INSERT_EVENTS = """
+_KEPT_COLUMNS = """event_id, event_date, user_id, event_type, ts, item_id,
+       CASE WHEN text_raw IS NOT NULL THEN clean_text(text_raw) END, rating, price, quantity, session_id,
+       attributes, source_file, line_no"""
+
+_INSERT_ALL = f"INSERT INTO events SELECT {_KEPT_COLUMNS} FROM _checked WHERE failure IS NULL"
+
+# Only rows whose (day, event_id) repeats go through the window that keeps the first in
+# file order. Texts are cleaned once, on the rows kept.
+_INSERT_DEDUPLICATED = f"""
 INSERT INTO events
-SELECT event_id, event_date, user_id, event_type, ts, item_id, text, rating, price, quantity, session_id,
-       attributes, source_file, line_no
-FROM (
-    SELECT *, row_number() OVER (PARTITION BY event_date, event_id ORDER BY source_file, line_no) AS copy
-    FROM (
-        SELECT *, coalesce(given_event_id, md5(to_json({
-            'user_id': user_id, 'event_type': event_type, 'ts': ts, 'item_id': item_id, 'text': text,
-            'rating': rating, 'price': price, 'quantity': quantity, 'session_id': session_id,
-            'attributes': attributes}))) AS event_id
-        FROM (
-            SELECT * EXCLUDE (text_raw, quantity_ok), quantity_ok AS quantity,
-                   CASE WHEN text_raw IS NOT NULL THEN clean_text(text_raw) END AS text
-            FROM _checked WHERE failure IS NULL
-        )
-    )
+WITH valid AS MATERIALIZED (SELECT * FROM _checked WHERE failure IS NULL),
+repeated AS (SELECT event_date, event_id FROM valid GROUP BY ALL HAVING count(*) > 1),
+kept AS (
+    SELECT * FROM valid ANTI JOIN repeated USING (event_date, event_id)
+    UNION ALL
+    SELECT * EXCLUDE (copy) FROM (
+        SELECT *, row_number() OVER (PARTITION BY event_date, event_id ORDER BY source_file, line_no) AS copy
+        FROM valid SEMI JOIN repeated USING (event_date, event_id)
+    ) WHERE copy = 1
 )
-WHERE copy = 1
-ORDER BY event_date, ts
+SELECT {_KEPT_COLUMNS} FROM kept
 """
 
 _INSERT_STATS = """
@@ -211,7 +217,9 @@ def clean_events(con: duckdb.DuckDBPyConnection, days: list[str], run_id: str | 
                 params)
     con.execute(_check_sql(), params)
     quarantine_rows(con, "events", "_checked", "event_date::VARCHAR")
-    con.execute(_INSERT_EVENTS)
+    repeats = con.execute("SELECT count(*) - count(DISTINCT (event_date, event_id)) FROM _checked "
+                          "WHERE failure IS NULL").fetchone()[0]
+    con.execute(_INSERT_DEDUPLICATED if repeats else _INSERT_ALL)
     con.execute(_INSERT_STATS, {"days": days, "run_id": run_id})
     counts = con.execute(
         "SELECT sum(rows_read), sum(loaded), sum(duplicates), sum(quarantined) FROM ingest_stats "

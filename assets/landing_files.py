@@ -33,6 +33,34 @@ class LandingFileError(Exception):
     """A landing file that cannot be read at all. Its message names the file and what to do."""
 
 
+def insert_landing_file(con: duckdb.DuckDBPyConnection, path: Path, insert_sql: str,
+                        params: list | None = None) -> int:
+    """Insert the file's rows with `insert_sql`, which selects `line_no, record, read_error`
+    from `{rows}`; returns how many rows it inserted.
+
+    A plain UTF-8 JSON-lines file is split by DuckDB straight into the target table; every
+    other file goes through `read_landing_file` in Arrow chunks.
+    """
+    params = params or []
+    name = path.name.lower()
+    if name.endswith((".jsonl", ".ndjson")) and path.stat().st_size <= FAST_PATH_BYTES and _is_utf8(path):
+        try:
+            return con.execute(insert_sql.format(rows=f"({_SPLIT_LINES})"), [*params, str(path)]).fetchone()[0]
+        except duckdb.IOException as error:
+            if not path.exists():
+                raise FileNotFoundError(path) from error
+            raise LandingFileError(f"cannot read landing file {path}: {error}") from error
+    rows = 0
+    for chunk in read_landing_file(path):
+        con.register("_chunk", chunk)
+        try:
+            con.execute(insert_sql.format(rows="_chunk"), params)
+        finally:
+            con.unregister("_chunk")
+        rows += chunk.num_rows
+    return rows
+
+
 def read_landing_file(path: Path) -> Iterator[pa.Table]:
     """Yield the file's rows in chunks of `RAW_SCHEMA` tables, in file order."""
     name = path.name.lower()
@@ -49,6 +77,15 @@ def read_landing_file(path: Path) -> Iterator[pa.Table]:
         raise LandingFileError(
             f"cannot read landing file {path}: {error}. Fix or remove the file, then re-run the partition."
         ) from error
+
+
+def _is_utf8(path: Path) -> bool:
+    """Checked before DuckDB reads the file: its error would abort the caller's transaction."""
+    try:
+        path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _open(path: Path):
@@ -75,6 +112,22 @@ def _decode_lines(lines: list[bytes]) -> tuple[list[str], list[str | None]]:
     return [t.rstrip("\r") for t in texts], [None] * len(texts)
 
 
+#: Plain JSON-lines files up to this size are split into lines by DuckDB in one pass.
+FAST_PATH_BYTES = 512 * 1024 * 1024
+BLANK = " \t\r"
+
+# The CASEs keep the rare work (a CRLF ending, a line starting with a blank) off the common path.
+_SPLIT_LINES = f"""
+SELECT line_no, CASE WHEN suffix(record, chr(13)) THEN rtrim(record, chr(13)) ELSE record END AS record,
+       NULL::VARCHAR AS read_error
+FROM (SELECT unnest(range(1, len(lines) + 1)) AS line_no, unnest(lines) AS record
+      FROM (SELECT string_split(content, chr(10)) AS lines FROM read_text(?)))
+WHERE CASE WHEN record = '' THEN false
+           WHEN left(record, 1) IN (' ', chr(9), chr(13)) THEN trim(record, '{BLANK}') <> ''
+           ELSE true END
+"""
+
+
 def _read_json_lines(path: Path) -> Iterator[pa.Table]:
     line_no = 0
     with _open(path) as handle:
@@ -82,7 +135,7 @@ def _read_json_lines(path: Path) -> Iterator[pa.Table]:
             texts, errors = _decode_lines(lines)
             numbers = range(line_no + 1, line_no + 1 + len(texts))
             line_no += len(texts)
-            keep = [i for i, t in enumerate(texts) if t.strip()]
+            keep = [i for i, t in enumerate(texts) if t.strip(BLANK)]
             if len(keep) != len(texts):
                 numbers = [numbers[i] for i in keep]
                 texts = [texts[i] for i in keep]

@@ -36,6 +36,7 @@ PHONE_PATTERN = "|".join(
 # (and a number glued to Chinese text, as in "手机13800138000", is still masked).
 _EMAIL = re.compile(EMAIL_PATTERN, re.ASCII)
 _PHONE = re.compile(PHONE_PATTERN, re.ASCII)
+_THREE_DIGITS = re.compile(r"\d{3}", re.ASCII)
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u2028\u2029\ufeff]")
 
 
@@ -47,15 +48,25 @@ def normalize_text(text: str) -> str | None:
     """
     if "&" in text:
         text = html.unescape(text)
-    text = unicodedata.normalize("NFKC", text)
-    text = _CONTROL.sub(" ", text)
+    if not text.isascii():  # ASCII is already NFKC
+        text = unicodedata.normalize("NFKC", text)
+    if not text.isprintable():  # only control and format characters, tabs and newlines fail this
+        text = _CONTROL.sub(" ", text)
     text = " ".join(text.split())
     return text or None
 
 
 def mask_pii(text: str) -> str:
-    """Replace e-mail addresses and phone numbers with fixed tokens."""
-    return _PHONE.sub(PHONE_MASK, _EMAIL.sub(EMAIL_MASK, text))
+    """Replace e-mail addresses and phone numbers with fixed tokens.
+
+    Each pattern runs only where it can match: an address needs an `@`, every phone
+    form has three digits in a row. Most texts have neither, and skip both.
+    """
+    if "@" in text:
+        text = _EMAIL.sub(EMAIL_MASK, text)
+    if _THREE_DIGITS.search(text):
+        text = _PHONE.sub(PHONE_MASK, text)
+    return text
 
 
 def clean_text(text: str | None) -> str | None:

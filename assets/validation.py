@@ -38,8 +38,9 @@ REASONS: dict[str, str] = {
     "bad_categories": "categories is neither a JSON list of names nor a `|`-separated string",
 }
 
-SCALAR_TYPES = "('VARCHAR', 'BIGINT', 'UBIGINT', 'DOUBLE')"
-ID_TYPES = "('VARCHAR', 'BIGINT', 'UBIGINT')"
+# JSON types as `field_columns_sql` names them (cheaply, from the first character of the value).
+SCALAR_TYPES = "('VARCHAR', 'BIGINT', 'DOUBLE')"
+ID_TYPES = "('VARCHAR', 'BIGINT')"
 
 QUARANTINE_DDL = """
 CREATE TABLE IF NOT EXISTS quarantine (
@@ -104,17 +105,34 @@ def is_object_sql() -> str:
 
 
 def extract_sql(fields: tuple[str, ...]) -> str:
-    """One JSON parse per row: the listed fields as a list of JSON values, `v`."""
+    """One parse per row: the listed fields as JSON value texts, `v`."""
     paths = ", ".join(f"'$.\"{f}\"'" for f in fields)
-    return f"CASE WHEN is_object THEN json_extract(record, [{paths}]) END AS v"
+    return f"CASE WHEN is_object THEN json_extract(record, [{paths}])::VARCHAR[] END AS v"
 
 
 def field_columns_sql(fields: tuple[str, ...]) -> str:
-    """Per field: `<f>_type` (JSON type, NULL when absent) and `<f>_raw` (its scalar text)."""
+    """Per field: `<f>_type` (JSON type, NULL when absent) and `<f>_raw` (its scalar text).
+
+    Both are read off the value's JSON text, which DuckDB writes compactly (no leading
+    blanks): the first character tells the type, so nothing is parsed a second time
+    except strings with escapes.
+    """
     columns = []
     for i, f in enumerate(fields, start=1):
-        columns.append(f"json_type(v[{i}]) AS {f}_type")
-        columns.append(f"CASE WHEN json_type(v[{i}]) IN {SCALAR_TYPES} THEN nullif(trim(v[{i}]->>'$'), '') END AS {f}_raw")
+        columns.append(
+            f"CASE WHEN v[{i}] IS NULL THEN NULL ELSE CASE left(v[{i}], 1) WHEN '\"' THEN 'VARCHAR' "
+            f"WHEN '{{' THEN 'OBJECT' WHEN '[' THEN 'ARRAY' WHEN 't' THEN 'BOOLEAN' WHEN 'f' THEN 'BOOLEAN' "
+            f"WHEN 'n' THEN 'NULL' ELSE 'NUMBER' END END AS {f}_kind"
+        )
+        columns.append(
+            f"CASE WHEN {f}_kind = 'NUMBER' THEN CASE WHEN contains(v[{i}], '.') OR contains(lower(v[{i}]), 'e') "
+            f"THEN 'DOUBLE' ELSE 'BIGINT' END ELSE {f}_kind END AS {f}_type"
+        )
+        # A JSON string without escapes is its text between the quotes: no second parse.
+        columns.append(
+            f"nullif(trim(CASE WHEN {f}_type = 'VARCHAR' THEN CASE WHEN contains(v[{i}], '\\') "
+            f"THEN v[{i}]->>'$' ELSE v[{i}][2:-2] END WHEN {f}_type IN {SCALAR_TYPES} THEN v[{i}] END), '') AS {f}_raw"
+        )
     return ",\n    ".join(columns)
 
 
@@ -126,7 +144,11 @@ def attributes_sql(fields: tuple[str, ...]) -> str:
     """
     removal = "{" + ", ".join(f'"{f}": null' for f in fields) + "}"
     rest = f"json_merge_patch('{{}}', json_merge_patch(record, '{removal}'))"
-    return f"CASE WHEN is_object AND {rest} <> '{{}}' THEN {sql_mask_pii(rest)}::JSON END"
+    # json_keys is one cheap parse; the merge patches run only for rows with extra keys.
+    extra = "len(json_keys(record)) > len(list_filter(v, lambda x: x IS NOT NULL))"
+    # Nested CASEs, not AND: DuckDB may reorder a conjunction, and json_keys raises on non-JSON.
+    return (f"CASE WHEN is_object THEN CASE WHEN {extra} THEN "
+            f"CASE WHEN {rest} <> '{{}}' THEN {sql_mask_pii(rest)}::JSON END END END")
 
 
 def missing(field: str) -> Rule:
