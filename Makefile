@@ -20,7 +20,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	$(BIN)/portrait demo
+	$(BIN)/portrait import demo
+	$(BIN)/portrait run
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -67,7 +67,7 @@ ITEMS = Dimension(
         wrong_type("item_id", ID_TYPES),
         *_text_rules("title"),
         Rule("bad_categories",
-             f"categories_type IN ('OBJECT', 'BOOLEAN', 'DOUBLE') OR (categories_type = 'ARRAY' AND categories IS NULL)",
+             "categories_type IN ('OBJECT', 'BOOLEAN', 'DOUBLE') OR (categories_type = 'ARRAY' AND categories IS NULL)",
              "'categories must be a JSON list of names or a |-separated string, not ' || left(v[3]::VARCHAR, 60)",
              "categories"),
         wrong_type("brand"),

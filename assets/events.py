@@ -56,7 +56,8 @@ EVENT_RULES: tuple[Rule, ...] = READ_RULES + (
     Rule("ts_out_of_range", "ts < TIMESTAMP '1990-01-01' OR ts > current_timestamp::TIMESTAMP + INTERVAL 1 DAY",
          "'ts ' || strftime(ts, '%Y-%m-%dT%H:%M:%SZ') || ' is before 1990 or in the future'", "ts"),
     Rule("ts_outside_partition", "ts::DATE <> event_date",
-         "'ts ' || strftime(ts, '%Y-%m-%dT%H:%M:%SZ') || ' is not on ' || event_date::VARCHAR || ' (UTC), the day folder it landed in'",
+         "'ts ' || strftime(ts, '%Y-%m-%dT%H:%M:%SZ') || ' is not on ' || event_date::VARCHAR "
+         "|| ' (UTC), the day folder it landed in'",
          "ts"),
     Rule("missing_field", f"item_id_raw IS NULL AND coalesce(item_id_type, 'NULL') IN ('NULL', 'VARCHAR') "
          f"AND etype NOT IN {_itemless}", "'item_id is required for ' || etype || ' events'", "item_id"),

@@ -100,7 +100,8 @@ def _print_summary() -> None:
             if table in tables:
                 print(f"  {table:<12} {con.execute(f'SELECT count(*) FROM {table}').fetchone()[0]:>10,} rows")
         if "quarantine" in tables:
-            for reason, rows in con.execute("SELECT reason, count(*) FROM quarantine GROUP BY 1 ORDER BY 2 DESC LIMIT 5").fetchall():
+            reasons = con.execute("SELECT reason, count(*) FROM quarantine GROUP BY 1 ORDER BY 2 DESC LIMIT 5").fetchall()
+            for reason, rows in reasons:
                 print(f"    quarantined {reason}: {rows:,}")
     finally:
         con.close()

@@ -9,11 +9,10 @@ titles, prices or categories, so items get their id only: nothing is invented.
 
 from __future__ import annotations
 
-import gzip
 import json
 from pathlib import Path
 
-from orchestration.importers.day_files import DayFiles, ImportSummary, source_stem, utc_day
+from orchestration.importers.day_files import DayFiles, ImportSummary, source_lines, source_stem, utc_day
 from resources.landing import LandingZone
 
 
@@ -38,21 +37,16 @@ def import_amazon_reviews(source: Path, landing: LandingZone) -> ImportSummary:
     summary = ImportSummary(source=str(source))
     days = DayFiles()
     items: dict[str, None] = {}
-    opener = gzip.open if source.name.lower().endswith(".gz") else open
-    with opener(source, "rb") as handle:
-        for raw in handle:
-            line = raw.decode("utf-8", "surrogateescape").rstrip("\r\n")
-            if not line.strip():
-                continue
-            summary.rows_read += 1
-            try:
-                event = review_event(json.loads(line))
-            except (ValueError, KeyError, TypeError, AttributeError):
-                days.add_malformed(_carry(line))
-                summary.malformed += 1
-                continue
-            days.add(utc_day(event["ts"]), json.dumps(event, ensure_ascii=False))
-            items.setdefault(str(event["item_id"]), None)
+    for line in source_lines(source):
+        summary.rows_read += 1
+        try:
+            event = review_event(json.loads(line))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            days.add_malformed(line)
+            summary.malformed += 1
+            continue
+        days.add(utc_day(event["ts"]), json.dumps(event, ensure_ascii=False))
+        items.setdefault(str(event["item_id"]), None)
     stem = source_stem(source)
     summary.files = days.write(landing, f"{stem}.jsonl")
     with landing.open_for_write(f"items/{stem}-items.jsonl") as out:
@@ -64,7 +58,3 @@ def import_amazon_reviews(source: Path, landing: LandingZone) -> ImportSummary:
     summary.items = len(items)
     return summary
 
-
-def _carry(line: str) -> str:
-    """A malformed line as it was; bytes that are not UTF-8 cannot be written as text, so they are escaped."""
-    return line.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

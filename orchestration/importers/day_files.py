@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import re
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -82,3 +84,17 @@ def source_stem(path: Path) -> str:
         if name.lower().endswith(suffix):
             name = name[: -len(suffix)]
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.") or "import"
+
+
+def source_lines(path: Path) -> Iterator[str]:
+    """The non-blank lines of a source file, gzip or not, without their line ends.
+
+    Bytes that are not UTF-8 are escaped (`\\xff`): the line can then be written to a
+    landing file, where ingestion quarantines it.
+    """
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as handle:
+        for raw in handle:
+            line = raw.decode("utf-8", "backslashreplace").rstrip("\r\n")
+            if line.strip():
+                yield line

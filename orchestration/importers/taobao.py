@@ -9,11 +9,10 @@ data set has no texts, titles or prices.
 from __future__ import annotations
 
 import csv
-import gzip
 import io
 from pathlib import Path
 
-from orchestration.importers.day_files import DayFiles, ImportSummary, source_stem, utc_day
+from orchestration.importers.day_files import DayFiles, ImportSummary, source_lines, source_stem, utc_day
 from resources.landing import LandingZone
 
 BEHAVIOURS = {"pv": "view", "cart": "add_to_cart", "fav": "favorite", "buy": "purchase"}
@@ -24,21 +23,16 @@ def import_taobao(source: Path, landing: LandingZone) -> ImportSummary:
     summary = ImportSummary(source=str(source))
     days = DayFiles()
     categories: dict[str, dict[str, None]] = {}
-    opener = gzip.open if source.name.lower().endswith(".gz") else open
-    with opener(source, "rb") as handle:
-        for raw in handle:
-            line = raw.decode("utf-8", "backslashreplace").rstrip("\r\n")
-            if not line.strip():
-                continue
-            summary.rows_read += 1
-            fields = line.split(",")
-            if len(fields) != 5 or not fields[4].strip().isdigit():
-                days.add_malformed(line)  # e.g. a truncated last line: ingestion quarantines it
-                summary.malformed += 1
-                continue
-            user_id, item_id, category_id, behaviour, ts = (f.strip() for f in fields)
-            days.add(utc_day(int(ts)), _csv_line([user_id, item_id, category_id, BEHAVIOURS.get(behaviour, behaviour), ts]))
-            categories.setdefault(item_id, {})[category_id] = None
+    for line in source_lines(source):
+        summary.rows_read += 1
+        fields = line.split(",")
+        if len(fields) != 5 or not fields[4].strip().isdigit():
+            days.add_malformed(line)  # e.g. a truncated last line: ingestion quarantines it
+            summary.malformed += 1
+            continue
+        user_id, item_id, category_id, behaviour, ts = (f.strip() for f in fields)
+        days.add(utc_day(int(ts)), _csv_line([user_id, item_id, category_id, BEHAVIOURS.get(behaviour, behaviour), ts]))
+        categories.setdefault(item_id, {})[category_id] = None
     stem = source_stem(source)
     summary.files = days.write(landing, f"{stem}.csv", header=HEADER)
     with landing.open_for_write(f"items/{stem}-items.csv") as out:
