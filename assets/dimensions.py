@@ -13,7 +13,7 @@ import duckdb
 from assets.events import register_functions
 from assets.landing_files import LandingFileError, insert_landing_file
 from assets.metadata import markdown_table, query_rows, table_schema
-from assets.table_checks import check_table, table_check_specs
+from assets.table_checks import reconcile_check, shape_checks, table_check_specs
 from assets.validation import (
     ID_TYPES,
     MAX_TEXT_CHARS,
@@ -193,11 +193,11 @@ def _dimension_asset(dimension: Dimension, description: str) -> dg.AssetsDefinit
         for ignored in load.ignored_files:
             context.log.warning(f"ignored {ignored}: not a .jsonl, .ndjson, .csv or .parquet file (optionally .gz)")
         with warehouse.connect() as con:
-            checks = check_table(
-                con, name, name, dimension.columns, {dimension.key: f"{dimension.key} IS NULL"},
-                key=dimension.key, scope="true", scope_params=[], source=name,
-                actual_counts_sql=_actual_counts(name),
-            )
+            checks = [
+                *shape_checks(con, name, name, dimension.columns, {dimension.key: f"{dimension.key} IS NULL"},
+                              key=dimension.key),
+                reconcile_check(con, name, name, _actual_counts(name)),
+            ]
             preview = query_rows(con, f"SELECT * EXCLUDE (source_file, line_no) FROM {name} LIMIT 10")
             reasons = query_rows(con, "SELECT reason, field, count(*) AS rows FROM quarantine WHERE source = ? "
                                       "GROUP BY ALL ORDER BY rows DESC", [name])

@@ -15,7 +15,7 @@ import duckdb
 from assets.metadata import bar_chart_markdown, markdown_table, query_rows, table_schema
 from assets.partitions import SINGLE_RUN, day_keys, event_days
 from assets.raw_events import RAW_EVENTS_DDL, raw_events
-from assets.table_checks import check_table, table_check_specs
+from assets.table_checks import reconcile_check, shape_checks, table_check_specs
 from assets.text_cleaning import clean_text_arrow
 from assets.validation import (
     ID_TYPES,
@@ -265,11 +265,11 @@ def validate_events(context: dg.AssetExecutionContext, warehouse: Warehouse):
     with warehouse.transaction() as con:
         counts = clean_events(con, days, context.run.run_id)
     with warehouse.connect() as con:
-        checks = check_table(
-            con, "events", "events", EVENTS_COLUMNS, REQUIRED_VIOLATIONS, key="event_date, event_id",
-            scope="event_date IN (SELECT unnest(?::DATE[]))", scope_params=[days],
-            source="events", actual_counts_sql=ACTUAL_EVENT_COUNTS,
-        )
+        checks = [
+            *shape_checks(con, "events", "events", EVENTS_COLUMNS, REQUIRED_VIOLATIONS, key="event_date, event_id",
+                          scope="event_date IN (SELECT unnest(?::DATE[]))", scope_params=[days]),
+            reconcile_check(con, "events", "events", ACTUAL_EVENT_COUNTS),
+        ]
         yield dg.MaterializeResult(asset_key="events", metadata=_events_metadata(con, days, counts))
         yield dg.MaterializeResult(asset_key="quarantine", metadata=_quarantine_metadata(con, days))
     yield from checks

@@ -8,6 +8,7 @@ import duckdb
 from assets.landing_files import LandingFileError, insert_landing_file
 from assets.metadata import markdown_table
 from assets.partitions import SINGLE_RUN, day_keys, event_days
+from assets.table_checks import RECONCILES, shape_checks, table_check_specs
 from resources.landing import LandingZone, is_readable
 from resources.warehouse import Warehouse
 
@@ -23,6 +24,9 @@ CREATE TABLE IF NOT EXISTS raw_events (
     ingested_at TIMESTAMP NOT NULL
 )
 """
+
+RAW_EVENTS_COLUMNS = {"event_date": "DATE", "source_file": "VARCHAR", "line_no": "BIGINT", "record": "VARCHAR",
+                      "read_error": "VARCHAR", "ingested_at": "TIMESTAMP"}
 
 
 @dataclass
@@ -75,8 +79,8 @@ def _insert_file(con: duckdb.DuckDBPyConnection, path, name: str, day: str) -> i
     group_name="ingest",
     kinds={"duckdb"},
     owners=["team:portrait"],
-    check_specs=[dg.AssetCheckSpec("rows_match_files", asset="raw_events",
-                                   description="Rows stored for the run's days equal the rows read from their files.")],
+    check_specs=table_check_specs("raw_events", key="source_file, line_no",
+                                  reconcile="Rows stored for the run's days equal the rows read from their files."),
 )
 def raw_events(context: dg.AssetExecutionContext, warehouse: Warehouse, landing: LandingZone) -> dg.MaterializeResult:
     """Every row of each day's landing files, read as it is: the lossless copy that
@@ -87,6 +91,9 @@ def raw_events(context: dg.AssetExecutionContext, warehouse: Warehouse, landing:
         with warehouse.transaction() as con:
             load = load_raw_events(con, landing, days)
             stored = _stored_rows(con, days)
+            checks = shape_checks(con, "raw_events", "raw_events", RAW_EVENTS_COLUMNS,
+                                  {"record": "record IS NULL", "line_no": "line_no IS NULL"}, key="source_file, line_no",
+                                  scope="event_date IN (SELECT unnest(?::DATE[]))", scope_params=[days])
     except LandingFileError as error:
         raise dg.Failure(str(error)) from error
     for name in load.ignored_files:
@@ -103,10 +110,9 @@ def raw_events(context: dg.AssetExecutionContext, warehouse: Warehouse, landing:
             "ignored_files": load.ignored_files[:50],
             "vanished_files": load.vanished_files[:50],
         },
-        check_results=[
-            dg.AssetCheckResult(check_name="rows_match_files", passed=stored == load.rows,
-                                metadata={"rows_read": load.rows, "rows_stored": stored}),
-        ],
+        check_results=[*checks, dg.AssetCheckResult(
+            check_name=RECONCILES, passed=stored == load.rows, metadata={"rows_read": load.rows, "rows_stored": stored},
+        )],
     )
 
 

@@ -15,40 +15,37 @@ UNIQUE = "keys_unique"
 RECONCILES = "counts_reconcile"
 
 
-def table_check_specs(asset: str, key: str) -> list[dg.AssetCheckSpec]:
+def table_check_specs(asset: str, key: str, reconcile: str = "For every partition, rows read = rows loaded + "
+                      "duplicates removed + rows quarantined.") -> list[dg.AssetCheckSpec]:
     return [
         dg.AssetCheckSpec(SCHEMA, asset=asset, description="Columns and types are those of the data contract."),
         dg.AssetCheckSpec(REQUIRED, asset=asset, description="Required fields are never null (null rates in metadata)."),
         dg.AssetCheckSpec(UNIQUE, asset=asset, description=f"No two rows share {key} (duplicate rate in metadata)."),
-        dg.AssetCheckSpec(RECONCILES, asset=asset,
-                          description="For every partition, rows read = rows loaded + duplicates removed + rows quarantined."),
+        dg.AssetCheckSpec(RECONCILES, asset=asset, description=reconcile),
     ]
 
 
-def check_table(
+def shape_checks(
     con: duckdb.DuckDBPyConnection,
     asset: str,
     table: str,
     expected_columns: Mapping[str, str],
     violations: Mapping[str, str],
     key: str,
-    scope: str,
-    scope_params: list,
-    source: str,
-    actual_counts_sql: str,
+    scope: str = "true",
+    scope_params: list | None = None,
 ) -> list[dg.AssetCheckResult]:
-    """Evaluate the four table checks.
+    """Schema, required fields and duplicates.
 
     `violations` maps a required column to the SQL condition of a row that breaks it;
     `scope` is a WHERE condition (with `?` for `scope_params`) limiting null and duplicate
-    rates to the rows just written;
-    `actual_counts_sql` yields (partition_key, read, loaded, quarantined) as they stand now.
+    rates to the rows just written.
     """
+    params = scope_params or []
     return [
         _schema(con, asset, table, expected_columns),
-        _required(con, asset, table, violations, scope, scope_params),
-        _unique(con, asset, table, key, scope, scope_params),
-        _reconciles(con, asset, source, actual_counts_sql),
+        _required(con, asset, table, violations, scope, params),
+        _unique(con, asset, table, key, scope, params),
     ]
 
 
@@ -89,7 +86,10 @@ def _unique(con, asset, table, key, scope, params) -> dg.AssetCheckResult:
     )
 
 
-def _reconciles(con, asset, source, actual_counts_sql) -> dg.AssetCheckResult:
+def reconcile_check(con: duckdb.DuckDBPyConnection, asset: str, source: str,
+                    actual_counts_sql: str) -> dg.AssetCheckResult:
+    """`ingest_stats` for every partition of `source` against the tables as they stand;
+    `actual_counts_sql` yields (partition_key, read, loaded, quarantined)."""
     rows = query_rows(con, f"""
         WITH actual AS ({actual_counts_sql})
         SELECT s.partition_key, s.rows_read, s.loaded, s.duplicates, s.quarantined,
