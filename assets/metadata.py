@@ -58,6 +58,10 @@ def bar_chart_markdown(labels: Sequence[str], values: Sequence[float], title: st
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
     fig.tight_layout()
+    return _png_markdown(fig, title)
+
+
+def _png_markdown(fig, title: str) -> dg.MetadataValue:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     plt.close(fig)
@@ -69,3 +73,15 @@ def _cell(value: Any) -> str:
     text = "" if value is None else str(value)
     text = text.replace("|", "\\|").replace("\n", " ")
     return text if len(text) <= PREVIEW_CELL_CHARS else text[: PREVIEW_CELL_CHARS - 1] + "…"
+
+
+def histogram_markdown(values: Sequence[float], title: str, xlabel: str, bins: int = 30) -> dg.MetadataValue:
+    """A histogram as a PNG embedded in markdown."""
+    fig, ax = plt.subplots(figsize=(6, 3), dpi=90)
+    ax.hist(list(values), bins=bins, color="#4f6bed")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    fig.tight_layout()
+    return _png_markdown(fig, title)

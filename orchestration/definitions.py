@@ -4,23 +4,37 @@ from __future__ import annotations
 
 import dagster as dg
 
+import os
+
 from assets.dimensions import items, users
+from assets.embeddings import item_embeddings, text_embeddings
 from assets.events import validate_events
 from assets.raw_events import raw_events
-from orchestration.jobs import dimensions_job, events_job
-from resources.home import landing_path, warehouse_path
+from orchestration.jobs import dimensions_job, events_job, language_job
+from resources.encoder import TextEncoder
+from resources.home import landing_path, models_path, warehouse_path
 from resources.landing import LandingZone
+from resources.model_store import ModelStore
+from resources.torch_device import TorchDevice
 from resources.warehouse import Warehouse
 
 
 def build_defs() -> dg.Definitions:
-    """Definitions whose resources are rooted at `PORTRAIT_HOME` as it is now."""
+    """Definitions whose resources are rooted at `PORTRAIT_HOME` as it is now.
+
+    The torch device comes from `PORTRAIT_DEVICE` / `PORTRAIT_PRECISION` (default auto);
+    run config in the launchpad overrides any resource setting for one run.
+    """
     return dg.Definitions(
-        assets=[raw_events, validate_events, items, users],
-        jobs=[events_job, dimensions_job],
+        assets=[raw_events, validate_events, items, users, text_embeddings, item_embeddings],
+        jobs=[events_job, dimensions_job, language_job],
         resources={
             "warehouse": Warehouse(path=str(warehouse_path())),
             "landing": LandingZone(root=str(landing_path())),
+            "device": TorchDevice(device=os.environ.get("PORTRAIT_DEVICE", "auto"),
+                                  precision=os.environ.get("PORTRAIT_PRECISION", "auto")),
+            "encoder": TextEncoder(),
+            "model_store": ModelStore(root=str(models_path())),
         },
     )
 

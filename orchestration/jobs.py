@@ -1,4 +1,4 @@
-"""Jobs: the ingestion of event days, and the rebuild of the dimension tables."""
+"""Jobs: ingestion of event days, the dimension tables, and the language-model stage."""
 
 import dagster as dg
 
@@ -12,4 +12,10 @@ dimensions_job = dg.define_asset_job(
     "ingest_dimensions",
     selection=dg.AssetSelection.assets("items", "users"),
     description="Rebuild items and users from landing/items and landing/users.",
+)
+
+language_job = dg.define_asset_job(
+    "build_language_model",
+    selection=dg.AssetSelection.groups("language_model"),
+    description="Embed new texts and rebuild item vectors (and whatever else the language_model group holds).",
 )
