@@ -16,7 +16,7 @@ from assets.metadata import bar_chart_markdown, markdown_table, query_rows, tabl
 from assets.partitions import SINGLE_RUN, day_keys, event_days
 from assets.raw_events import RAW_EVENTS_DDL, raw_events
 from assets.table_checks import reconcile_check, shape_checks, table_check_specs
-from assets.text_cleaning import clean_text_arrow
+from assets.text_cleaning import clean_text_arrow, mask_json_arrow
 from assets.validation import (
     ID_TYPES,
     MAX_TEXT_CHARS,
@@ -196,9 +196,10 @@ class EventCounts:
 
 
 def register_functions(con: duckdb.DuckDBPyConnection) -> None:
-    """The Python text cleaner as a vectorized SQL function (idempotent per connection)."""
-    if not con.execute("SELECT 1 FROM duckdb_functions() WHERE function_name = 'clean_text'").fetchone():
-        con.create_function("clean_text", clean_text_arrow, ["VARCHAR"], "VARCHAR", type="arrow", side_effects=False)
+    """The Python text cleaners as vectorized SQL functions (idempotent per connection)."""
+    for name, function in (("clean_text", clean_text_arrow), ("mask_json", mask_json_arrow)):
+        if not con.execute("SELECT 1 FROM duckdb_functions() WHERE function_name = ?", [name]).fetchone():
+            con.create_function(name, function, ["VARCHAR"], "VARCHAR", type="arrow", side_effects=False)
 
 
 def clean_events(con: duckdb.DuckDBPyConnection, days: list[str], run_id: str | None) -> EventCounts:

@@ -137,7 +137,7 @@ def field_columns_sql(fields: tuple[str, ...]) -> str:
 
 
 def attributes_sql(fields: tuple[str, ...]) -> str:
-    """Fields outside the contract, kept as a JSON object (PII masked), or NULL.
+    """Fields outside the contract, kept as a JSON object (PII masked by `mask_json`), or NULL.
 
     A JSON merge patch with a null for each contract field removes those fields; merging
     the rest into `{}` drops members whose value is null (an empty CSV cell).
@@ -148,7 +148,7 @@ def attributes_sql(fields: tuple[str, ...]) -> str:
     extra = "len(json_keys(record)) > len(list_filter(v, lambda x: x IS NOT NULL))"
     # Nested CASEs, not AND: DuckDB may reorder a conjunction, and json_keys raises on non-JSON.
     return (f"CASE WHEN is_object THEN CASE WHEN {extra} THEN "
-            f"CASE WHEN {rest} <> '{{}}' THEN {sql_mask_pii(rest)}::JSON END END END")
+            f"CASE WHEN {rest} <> '{{}}' THEN mask_json({rest})::JSON END END END")
 
 
 def missing(field: str) -> Rule:

@@ -52,3 +52,14 @@ def test_any_contact_in_a_sentence_is_masked_and_sql_agrees(before, value, after
     assert value not in masked
     with duckdb.connect() as con:
         assert con.execute(f"SELECT {sql_mask_pii('?')}", [text]).fetchone()[0] == masked
+
+
+def test_json_masking_keeps_valid_json_and_masks_strings_and_phone_like_numbers():
+    import json
+
+    from assets.text_cleaning import mask_json
+
+    masked = mask_json('{"note": "mail a@b.io", "tel": 5551234567, "n": [1, "call 555-123-4567"], "id": 4181361}')
+    assert json.loads(masked) == {"note": "mail [email]", "tel": "[phone]", "n": [1, "call [phone]"], "id": 4181361}
+    assert mask_json('{"colour": "red"}') == '{"colour": "red"}'  # nothing to mask: untouched
+    assert mask_json(None) is None
