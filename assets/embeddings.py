@@ -153,16 +153,17 @@ CREATE OR REPLACE TABLE item_embeddings (
 
 
 def build_item_embeddings(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
-    """Rebuild `item_embeddings`; return counts by source and of items with nothing to embed.
+    """Rebuild `item_embeddings` from `text_embeddings` (which must exist, even empty: a shop
+    without texts, like Taobao, lists every item as without embedding); return counts by
+    source and of items with nothing to embed.
 
     An item's vector comes from its catalogue text where the shop has one; otherwise
     it is the L2-normalised mean of its review-text vectors (the Amazon case).
     """
     register_functions(con)
-    (model_id, dimension), = con.execute(
-        "SELECT any_value(model_id), any_value(len(vector)) FROM text_embeddings").fetchall() or [(None, None)]
-    if model_id is None:
-        raise dg.Failure("text_embeddings is empty: materialize text_embeddings first")
+    model_id = con.execute("SELECT any_value(model_id) FROM text_embeddings").fetchone()[0]
+    dimension = int(con.execute("SELECT data_type FROM information_schema.columns WHERE table_name = "
+                                "'text_embeddings' AND column_name = 'vector'").fetchone()[0][6:-1])
     con.execute(ITEM_EMBEDDINGS_DDL.format(dimension=dimension))
     con.execute("""
         INSERT INTO item_embeddings

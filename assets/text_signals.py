@@ -171,7 +171,9 @@ def text_signals(context: dg.AssetExecutionContext, warehouse: Warehouse, device
         version = model_folder.name if model_folder else None
         cached = _previous_sentiment(con, version) if version else {}
     if not texts:
-        raise dg.Failure("text_embeddings has no vectors for the current encoder: materialize text_embeddings first")
+        context.log.warning("no embedded texts for the current encoder (a shop without texts, or "
+                            "text_embeddings not materialized): text_signals is empty")
+        vectors = np.zeros((0, loaded.dimension), dtype=np.float32)
 
     vocabulary = keyword_vocabulary(texts)
     keywords = rank_keywords(texts, vectors, vocabulary, loaded.encode(vocabulary))
@@ -186,19 +188,20 @@ def text_signals(context: dg.AssetExecutionContext, warehouse: Warehouse, device
         to_score = [i for i, ks in enumerate(kinds) if any(k in SENTIMENT_KINDS for k in ks)]
         fresh = [i for i in to_score if hashes[i] not in cached]
         context.log.info(f"sentiment: {len(to_score) - len(fresh):,} reused, {len(fresh):,} to score with {version}")
-        predicted, scores = predict_sentiment(model_folder, [texts[i] for i in fresh], device)
+        predicted, scores = predict_sentiment(model_folder, [texts[i] for i in fresh], device) if fresh else ([], [])
         sentiment = {hashes[i]: cached[hashes[i]] for i in to_score if hashes[i] in cached}
         sentiment.update({hashes[i]: (label, float(score)) for i, label, score in zip(fresh, predicted, scores)})
 
     table = pa.table({
-        "text_hash": hashes,
-        "kinds": kinds,
-        "sentiment": [sentiment.get(h, (None, None))[0] for h in hashes],
-        "sentiment_score": [sentiment.get(h, (None, None))[1] for h in hashes],
-        "sentiment_model": [version if h in sentiment else None for h in hashes],
-        "keywords": keywords,
-        "intent": [intent if wanted else None for intent, wanted in zip(intents, wants_intent)],
-        "intent_score": [float(s) if wanted else None for s, wanted in zip(intent_scores, wants_intent)],
+        "text_hash": pa.array(hashes, pa.string()),
+        "kinds": pa.array(kinds, pa.list_(pa.string())),
+        "sentiment": pa.array([sentiment.get(h, (None, None))[0] for h in hashes], pa.string()),
+        "sentiment_score": pa.array([sentiment.get(h, (None, None))[1] for h in hashes], pa.float64()),
+        "sentiment_model": pa.array([version if h in sentiment else None for h in hashes], pa.string()),
+        "keywords": pa.array(keywords, pa.list_(pa.string())),
+        "intent": pa.array([intent if wanted else None for intent, wanted in zip(intents, wants_intent)], pa.string()),
+        "intent_score": pa.array([float(s) if wanted else None for s, wanted in zip(intent_scores, wants_intent)],
+                                 pa.float64()),
     })
     with warehouse.transaction() as con:
         con.register("_signals", table)

@@ -32,6 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     run = commands.add_parser("run", help="materialize every landed day, then everything downstream")
     run.add_argument("--start", help="first day to ingest, YYYY-MM-DD (default: the first landed)")
     run.add_argument("--end", help="last day to ingest, YYYY-MM-DD (default: the last landed)")
+    run.add_argument("--train", action="store_true",
+                     help="also fine-tune the behaviour model (minutes on a CPU; otherwise the published one is used)")
+    run.add_argument("--train-examples", type=int, help="train on at most this many reviews (the demo uses 300)")
+    run.add_argument("--train-epochs", type=int, help="at most this many epochs (default 3)")
+    run.add_argument("--ingest-only", action="store_true", help="stop after ingestion")
 
     ui = commands.add_parser("ui", help="start the Dagster UI on 127.0.0.1")
     ui.add_argument("--port", type=int, default=3000)
@@ -71,12 +76,19 @@ def _run(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from orchestration.definitions import build_defs
-    from orchestration.runs import ingest
+    from orchestration.runs import build_downstream, ingest
 
     landing = LandingZone(root=str(landing_path()))
+    defs = build_defs()
     print(f"Portrait home: {portrait_home()}")
     with dg.DagsterInstance.get() as instance:
-        outcomes = ingest(build_defs(), instance, landing, args.start, args.end)
+        outcomes = ingest(defs, instance, landing, args.start, args.end)
+        if not args.ingest_only and all(o.success for o in outcomes) and _has_events():
+            training = None
+            if args.train:
+                training = {k: v for k, v in (("max_train_examples", args.train_examples),
+                                              ("epochs", args.train_epochs)) if v is not None}
+            outcomes += build_downstream(defs, instance, training)
     _print_summary()
     failed = [o for o in outcomes if not o.success]
     if failed:
@@ -84,6 +96,17 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     print("Open the UI with `make ui`, then http://127.0.0.1:3000 (Assets, Runs, the asset graph).")
     return 0
+
+
+def _has_events() -> bool:
+    import duckdb
+
+    path = warehouse_path()
+    if not path.exists():
+        return False
+    with duckdb.connect(str(path), read_only=True) as con:
+        return bool(con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'events'")
+                    .fetchone()[0] and con.execute("SELECT count(*) FROM events").fetchone()[0])
 
 
 def _print_summary() -> None:
@@ -96,7 +119,8 @@ def _print_summary() -> None:
     try:
         tables = {name for (name,) in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
         print("Warehouse", path)
-        for table in ("raw_events", "events", "quarantine", "items", "users"):
+        for table in ("raw_events", "events", "quarantine", "items", "users", "text_embeddings", "item_embeddings",
+                      "text_signals"):
             if table in tables:
                 print(f"  {table:<12} {con.execute(f'SELECT count(*) FROM {table}').fetchone()[0]:>10,} rows")
         if "quarantine" in tables:

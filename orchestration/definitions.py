@@ -6,11 +6,13 @@ import dagster as dg
 
 import os
 
+from assets.behavior_model import behavior_model
 from assets.dimensions import items, users
 from assets.embeddings import item_embeddings, text_embeddings
 from assets.events import validate_events
 from assets.raw_events import raw_events
-from orchestration.jobs import dimensions_job, events_job, language_job
+from assets.text_signals import text_signals
+from orchestration.jobs import dimensions_job, events_job, language_job, training_job
 from resources.encoder import TextEncoder
 from resources.home import landing_path, models_path, warehouse_path
 from resources.landing import LandingZone
@@ -26,8 +28,9 @@ def build_defs() -> dg.Definitions:
     run config in the launchpad overrides any resource setting for one run.
     """
     return dg.Definitions(
-        assets=[raw_events, validate_events, items, users, text_embeddings, item_embeddings],
-        jobs=[events_job, dimensions_job, language_job],
+        assets=[raw_events, validate_events, items, users, text_embeddings, item_embeddings, behavior_model,
+                text_signals],
+        jobs=[events_job, dimensions_job, language_job, training_job],
         resources={
             "warehouse": Warehouse(path=str(warehouse_path())),
             "landing": LandingZone(root=str(landing_path())),

@@ -1,4 +1,4 @@
-"""Jobs: ingestion of event days, the dimension tables, and the language-model stage."""
+"""Jobs: ingestion of event days, the dimension tables, the language-model stage, training."""
 
 import dagster as dg
 
@@ -16,6 +16,12 @@ dimensions_job = dg.define_asset_job(
 
 language_job = dg.define_asset_job(
     "build_language_model",
-    selection=dg.AssetSelection.groups("language_model"),
-    description="Embed new texts and rebuild item vectors (and whatever else the language_model group holds).",
+    selection=dg.AssetSelection.groups("language_model") - dg.AssetSelection.assets("behavior_model"),
+    description="Embed new texts, rebuild item vectors and text signals (sentiment from the published behaviour model).",
+)
+
+training_job = dg.define_asset_job(
+    "train_behavior_model",
+    selection=dg.AssetSelection.assets("behavior_model"),
+    description="Fine-tune the behaviour model; it is published only if its blocking check passes.",
 )

@@ -60,10 +60,10 @@ def register_event_days(instance: dg.DagsterInstance, landing: LandingZone, star
 
 
 def run_job(defs: dg.Definitions, name: str, instance: dg.DagsterInstance, tags: dict[str, str] | None = None,
-            label: str = "") -> RunOutcome:
+            label: str = "", run_config: dict | None = None) -> RunOutcome:
     started = time.monotonic()
     result = defs.resolve_job_def(name).execute_in_process(
-        run_config=QUIET, instance=instance, tags=tags or {}, raise_on_error=False
+        run_config={**QUIET, **(run_config or {})}, instance=instance, tags=tags or {}, raise_on_error=False
     )
     error = ""
     if not result.success:
@@ -96,3 +96,15 @@ def _reported(outcome: RunOutcome, report: Callable[[str], None]) -> RunOutcome:
     if outcome.error:
         report(f"    {outcome.error}")
     return outcome
+
+
+def build_downstream(defs: dg.Definitions, instance: dg.DagsterInstance, training: dict | None,
+                     report: Callable[[str], None] = print) -> list[RunOutcome]:
+    """Train the behaviour model when `training` (its config) is given, then embed texts and
+    rebuild item vectors and text signals."""
+    outcomes = []
+    if training is not None:
+        config = {"ops": {"behavior_model": {"config": training}}}
+        outcomes.append(_reported(run_job(defs, "train_behavior_model", instance, run_config=config), report))
+    outcomes.append(_reported(run_job(defs, "build_language_model", instance), report))
+    return outcomes

@@ -18,7 +18,7 @@ def test_contiguous_ranges_follow_the_partition_order():
 
 def test_import_demo_then_run_records_runs_in_the_home_instance(home, capsys):
     assert main(["import", "demo", "--users", "40", "--items", "30", "--days", "4"]) == 0
-    assert main(["run"]) == 0
+    assert main(["run", "--ingest-only"]) == 0
     out = capsys.readouterr().out
     assert "ingest_events [2026-09-01..2026-09-04]: ok" in out and "make ui" in out
 
@@ -37,8 +37,19 @@ def test_import_demo_then_run_records_runs_in_the_home_instance(home, capsys):
     assert query(home, "SELECT count(*) FROM users") == [(40,)]
 
     before = query(home, "SELECT * FROM events ORDER BY event_id")
-    assert main(["run", "--start", "2026-09-02", "--end", "2026-09-03"]) == 0
+    assert main(["run", "--start", "2026-09-02", "--end", "2026-09-03", "--ingest-only"]) == 0
     assert query(home, "SELECT * FROM events ORDER BY event_id") == before
+
+
+@pytest.mark.slow
+def test_run_builds_the_language_stage_after_ingestion(home, capsys):
+    assert main(["import", "demo", "--users", "30", "--items", "24", "--days", "3"]) == 0
+    assert main(["run"]) == 0  # no --train: no model is published yet, so sentiment stays empty
+    assert "build_language_model: ok" in capsys.readouterr().out
+    (texts,), = query(home, "SELECT count(*) FROM text_embeddings")
+    assert texts > 0 and query(home, "SELECT count(*) FROM text_signals") == [(texts,)]
+    assert query(home, "SELECT count(sentiment) FROM text_signals") == [(0,)]
+    assert query(home, "SELECT count(*) FROM item_embeddings") == [(24,)]
 
 
 def test_import_of_a_missing_file_says_so(home, capsys):

@@ -25,7 +25,7 @@ def _encoded(result) -> int:
 
 def test_embeddings_are_incremental_and_items_get_catalogue_vectors(home, instance):
     assert main(["import", "demo", "--users", "30", "--items", "24", "--days", "3"]) == 0
-    assert main(["run"]) == 0
+    assert main(["run", "--ingest-only"]) == 0
     first = _materialize(home, instance, [text_embeddings, item_embeddings])
     assert first.success
     distinct = query(home, "SELECT count(*) FROM text_embeddings")[0][0]
@@ -64,7 +64,7 @@ def test_items_without_catalogue_text_take_the_mean_of_their_reviews(home, insta
         '{"user_id": "u2", "event_type": "review", "ts": "2024-03-01T11:00:00Z", "item_id": "A", "rating": 1, "text": "Broke in a week"}',
         '{"user_id": "u3", "event_type": "view", "ts": "2024-03-01T12:00:00Z", "item_id": "B"}',
     ]) + "\n")
-    assert main(["run"]) == 0
+    assert main(["run", "--ingest-only"]) == 0
     assert _materialize(home, instance, [text_embeddings, item_embeddings]).success
     (source, n_texts, vector), = query(home, "SELECT source, n_texts, vector FROM item_embeddings WHERE item_id = 'A'")
     encoded = TextEncoder().load(TorchDevice(device="cpu")).encode(["Lovely warm tone", "Broke in a week"])

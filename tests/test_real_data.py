@@ -35,6 +35,10 @@ def test_taobao_head_through_the_command_line(home):
     assert query(home, f"SELECT count(*) FROM events WHERE {outside}") == [(35,)]
     assert query(home, "SELECT sum(rows_read), sum(loaded), sum(duplicates), sum(quarantined) FROM ingest_stats "
                        "WHERE source = 'events'") == [(84_476, 84_475, 0, 1)]
+    # a shop without texts: nothing to embed, every item listed as without embedding, nothing invented
+    assert query(home, "SELECT count(*) FROM text_embeddings") == [(0,)]
+    assert query(home, "SELECT count(*) FROM items_without_embedding") == [(55_368,)]
+    assert query(home, "SELECT count(*) FROM text_signals") == [(0,)]
 
 
 def test_amazon_reviews_every_day_in_one_run(home):

@@ -68,7 +68,7 @@ def test_sentiment_prediction_keeps_order_and_scores_in_range(tmp_path):
 
 def test_text_signals_asset_with_a_published_model(home, instance):
     assert main(["import", "demo", "--users", "30", "--items", "24", "--days", "3"]) == 0
-    assert main(["run"]) == 0
+    assert main(["run", "--ingest-only"]) == 0
     store = ModelStore(root=str(home / "models"))
     folder = store.new_version("behavior_model")
     _tiny_classifier(folder)
