@@ -74,6 +74,9 @@ def _import(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     ensure_dagster_home()
     import dagster as dg
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # the command line prints its own progress
 
     from orchestration.definitions import build_defs
     from orchestration.runs import build_downstream, ingest
@@ -90,7 +93,7 @@ def _run(args: argparse.Namespace) -> int:
                                               ("epochs", args.train_epochs)) if v is not None}
             outcomes += build_downstream(defs, instance, training)
     _print_summary()
-    failed = [o for o in outcomes if not o.success]
+    failed = [o for o in outcomes if not o.success and not o.refused]
     if failed:
         print(f"{len(failed)} run(s) failed; open the UI (`make ui`) and look at Runs for the full logs.")
         return 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import dagster as dg
 
@@ -25,6 +25,13 @@ class RunOutcome:
     seconds: float
     partitions: str = ""
     error: str = ""
+    failed_checks: list[str] = field(default_factory=list)
+
+    @property
+    def refused(self) -> bool:
+        """The run stopped only because a blocking check failed: nothing broke, and the
+        previous published version stays in use."""
+        return not self.success and bool(self.failed_checks) and "check" in self.error.lower()
 
 
 def contiguous_ranges(ordered_keys: list[str], wanted: Iterable[str]) -> list[tuple[str, str]]:
@@ -66,10 +73,12 @@ def run_job(defs: dg.Definitions, name: str, instance: dg.DagsterInstance, tags:
         run_config={**QUIET, **(run_config or {})}, instance=instance, tags=tags or {}, raise_on_error=False
     )
     error = ""
+    failed_checks = [f"{e.asset_key.to_user_string()}: {e.check_name}" for e in result.get_asset_check_evaluations()
+                     if not e.passed]
     if not result.success:
         failures = [e for e in result.all_events if e.is_step_failure]
         error = "; ".join(str(e.step_failure_data.error.message).strip() for e in failures) or "run failed"
-    return RunOutcome(name, result.run_id, result.success, time.monotonic() - started, label, error)
+    return RunOutcome(name, result.run_id, result.success, time.monotonic() - started, label, error, failed_checks)
 
 
 def ingest(defs: dg.Definitions, instance: dg.DagsterInstance, landing: LandingZone, start: str | None,
@@ -90,10 +99,12 @@ def ingest(defs: dg.Definitions, instance: dg.DagsterInstance, landing: LandingZ
 
 
 def _reported(outcome: RunOutcome, report: Callable[[str], None]) -> RunOutcome:
-    status = "ok" if outcome.success else "FAILED"
+    status = "ok" if outcome.success else "check failed, not published" if outcome.refused else "FAILED"
     where = f" [{outcome.partitions}]" if outcome.partitions else ""
     report(f"  {outcome.job}{where}: {status} in {outcome.seconds:.1f} s (run {outcome.run_id[:8]})")
-    if outcome.error:
+    for check in outcome.failed_checks:
+        report(f"    failed check {check} (numbers in the UI: Assets, then the asset's Checks tab)")
+    if outcome.error and not outcome.refused:
         report(f"    {outcome.error}")
     return outcome
 
