@@ -37,6 +37,8 @@ class TextEncoder(dg.ConfigurableResource):
     batch_tokens: int = Field(default=8192, description="padded tokens per batch (batches are formed by length)")
     pooling: str = Field(default="mean", description="mean | cls")
     normalize: bool = True
+    backend: str = Field(default="torch", description="torch | openvino (CPU only; int8 precision = static int8)")
+    cache_dir: str = Field(default="", description="where non-torch backends keep the exported model")
 
     def path(self) -> Path:
         path = Path(self.model_path) if self.model_path else bundled_model_path()
@@ -52,7 +54,12 @@ class TextEncoder(dg.ConfigurableResource):
         config = hashlib.sha256((path / "config.json").read_bytes()).hexdigest()[:8]
         return f"{name}@{config}:{self.pooling}:{self.max_length}"
 
-    def load(self, device: TorchDevice) -> LoadedEncoder:
+    def load(self, device: TorchDevice, calibration_texts: list[str] | None = None) -> LoadedEncoder:
+        """`calibration_texts` (a sample of real texts) only serve the first int8 build of a non-torch backend."""
+        if self.backend != "torch":
+            from resources.encoder_backends import load_backend
+
+            return load_backend(self, device, calibration_texts)
         if self.pooling not in ("mean", "cls"):
             raise dg.Failure(f"TextEncoder.pooling is {self.pooling!r}; use mean or cls")
         device.apply_threads()
@@ -65,8 +72,10 @@ class TextEncoder(dg.ConfigurableResource):
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
         else:
             model = model.to(device=device.torch_device(), dtype=device.dtype())
+        # int8 vectors drift from fp32 ones: they get their own id, so the two never mix in a table
+        model_id = self.model_id() + (":int8" if precision == "int8" else "")
         return LoadedEncoder(tokenizer, model, device.torch_device(), self.max_length, self.batch_tokens,
-                             self.pooling, self.normalize, self.model_id(), precision)
+                             self.pooling, self.normalize, model_id, precision)
 
 
 @dataclass
