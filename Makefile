@@ -34,6 +34,7 @@ ui: install
 
 bench: install
 	$(BIN)/python -m bench.ingest
+	$(BIN)/python -m bench.encode
 
 clean:
 	rm -rf $(VENV) .portrait
