@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import dagster as dg
-
 import os
+
+import dagster as dg
 
 from assets.behavior_model import behavior_model
 from assets.dimensions import items, users

@@ -1,5 +1,7 @@
 """text_embeddings and item_embeddings on a small demo shop, through real Dagster runs."""
 
+import json
+
 import dagster as dg
 import numpy as np
 
@@ -59,11 +61,14 @@ def test_items_without_catalogue_text_take_the_mean_of_their_reviews(home, insta
     (landing / "items" / "i.csv").write_text("item_id\nA\nB\nC\n")
     day = landing / "events" / "date=2024-03-01"
     day.mkdir(parents=True)
-    (day / "e.jsonl").write_text("\n".join([
-        '{"user_id": "u1", "event_type": "review", "ts": "2024-03-01T10:00:00Z", "item_id": "A", "rating": 5, "text": "Lovely warm tone"}',
-        '{"user_id": "u2", "event_type": "review", "ts": "2024-03-01T11:00:00Z", "item_id": "A", "rating": 1, "text": "Broke in a week"}',
-        '{"user_id": "u3", "event_type": "view", "ts": "2024-03-01T12:00:00Z", "item_id": "B"}',
-    ]) + "\n")
+    rows = [
+        {"user_id": "u1", "event_type": "review", "ts": "2024-03-01T10:00:00Z", "item_id": "A", "rating": 5,
+         "text": "Lovely warm tone"},
+        {"user_id": "u2", "event_type": "review", "ts": "2024-03-01T11:00:00Z", "item_id": "A", "rating": 1,
+         "text": "Broke in a week"},
+        {"user_id": "u3", "event_type": "view", "ts": "2024-03-01T12:00:00Z", "item_id": "B"},
+    ]
+    (day / "e.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     assert main(["run", "--ingest-only"]) == 0
     assert _materialize(home, instance, [text_embeddings, item_embeddings]).success
     (source, n_texts, vector), = query(home, "SELECT source, n_texts, vector FROM item_embeddings WHERE item_id = 'A'")
