@@ -77,6 +77,7 @@ def _run(args: argparse.Namespace) -> int:
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # the command line prints its own progress
+    transformers_logging.set_verbosity_error()  # e.g. the expected "classifier newly initialized" report
 
     from orchestration.definitions import build_defs
     from orchestration.runs import build_downstream, ingest
