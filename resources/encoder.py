@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +79,19 @@ class TextEncoder(dg.ConfigurableResource):
                              self.pooling, self.normalize, model_id, precision)
 
 
+def length_batches(ids: list[list[int]], batch_tokens: int) -> Iterator[np.ndarray]:
+    """Row indices in batches of texts of similar token length, each about `batch_tokens`
+    padded tokens, so short texts are not padded to the longest one in the set."""
+    order = np.argsort([len(i) for i in ids], kind="stable")
+    start = 0
+    while start < len(order):
+        end = start + 1
+        while end < len(order) and len(ids[order[end]]) * (end - start + 1) <= batch_tokens:
+            end += 1
+        yield order[start:end]
+        start = end
+
+
 @dataclass
 class LoadedEncoder:
     tokenizer: object
@@ -104,16 +118,9 @@ class LoadedEncoder:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         ids = self.tokenizer(texts, truncation=True, max_length=self.max_length, add_special_tokens=True)["input_ids"]
-        order = np.argsort([len(i) for i in ids], kind="stable")
         out = np.zeros((len(texts), self.dimension), dtype=np.float32)
-        start = 0
-        while start < len(order):
-            end = start + 1
-            while end < len(order) and len(ids[order[end]]) * (end - start + 1) <= self.batch_tokens:
-                end += 1
-            batch = [ids[i] for i in order[start:end]]
-            out[order[start:end]] = self._encode_batch(batch)
-            start = end
+        for rows in length_batches(ids, self.batch_tokens):
+            out[rows] = self._encode_batch([ids[i] for i in rows])
         return out
 
     def _encode_batch(self, batch: list[list[int]]) -> np.ndarray:

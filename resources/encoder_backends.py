@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING, Sequence
 import dagster as dg
 import numpy as np
 
+from resources.encoder import length_batches
+
 if TYPE_CHECKING:
     from resources.encoder import TextEncoder
     from resources.torch_device import TorchDevice
@@ -289,18 +291,11 @@ class OpenVinoEncoder:
             self._queue.set_callback(self._finish)
         ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length,
                              add_special_tokens=True)["input_ids"]
-        order = np.argsort([len(i) for i in ids], kind="stable")
         out = np.zeros((len(texts), self.dimension), dtype=np.float32)
         failures: list[BaseException] = []
-        start = 0
-        while start < len(order):
-            end = start + 1
-            while end < len(order) and len(ids[order[end]]) * (end - start + 1) <= self.batch_tokens:
-                end += 1
-            input_ids, mask = self._pad([ids[i] for i in order[start:end]])
-            self._queue.start_async({"input_ids": input_ids, "attention_mask": mask},
-                                    (out, order[start:end], mask, failures))
-            start = end
+        for rows in length_batches(ids, self.batch_tokens):
+            input_ids, mask = self._pad([ids[i] for i in rows])
+            self._queue.start_async({"input_ids": input_ids, "attention_mask": mask}, (out, rows, mask, failures))
         self._queue.wait_all()
         if failures:
             raise failures[0]
