@@ -17,9 +17,9 @@ import dagster as dg
 import duckdb
 import numpy as np
 import pyarrow as pa
-import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from assets.behavior_model import LABELS, BehaviorModelConfig, predict_logits
 from assets.embeddings import TEXT_SOURCES_SQL, text_embeddings
 from assets.events import register_functions
 from assets.metadata import bar_chart_markdown, markdown_table, query_rows
@@ -31,7 +31,6 @@ from resources.warehouse import Warehouse
 
 SENTIMENT_KINDS = ("review", "review_summary", "chat")
 INTENT_KINDS = ("search", "chat")
-SENTIMENT_LABELS = ("negative", "neutral", "positive")
 KEYWORDS_PER_TEXT = 5
 MAX_VOCABULARY = 5_000
 MIN_DOCUMENT_FREQUENCY = 2
@@ -110,28 +109,19 @@ def classify_intents(vectors: np.ndarray, labels: list[str], prototypes: np.ndar
     return [labels[i] for i in scores.argmax(axis=1)], scores.max(axis=1)
 
 
-@torch.inference_mode()
 def predict_sentiment(folder, texts: list[str], device: TorchDevice, batch_size: int = 64) -> tuple[list[str], np.ndarray]:
-    """Labels and scores (P(positive) - P(negative)) from a saved sequence classifier."""
+    """Labels and scores (P(positive) - P(negative)) from a saved behaviour model."""
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    model = AutoModelForSequenceClassification.from_pretrained(str(folder)).to(device.torch_device()).eval()
+    model = AutoModelForSequenceClassification.from_pretrained(str(folder)).to(device.torch_device())
     names = [str(model.config.id2label[i]).lower() for i in range(model.config.num_labels)]
-    if set(names) != set(SENTIMENT_LABELS):
-        names = list(SENTIMENT_LABELS)  # saved without names: the training order is negative, neutral, positive
-    negative, positive = names.index("negative"), names.index("positive")
-    labels, scores = [], []
-    order = np.argsort([len(t) for t in texts], kind="stable")
-    ordered = [texts[i] for i in order]
-    for start in range(0, len(ordered), batch_size):
-        batch = tokenizer(ordered[start:start + batch_size], truncation=True, max_length=128, padding=True,
-                          return_tensors="pt").to(device.torch_device())
-        probabilities = torch.softmax(model(**batch).logits.float(), dim=-1).cpu().numpy()
-        labels.extend(names[i] for i in probabilities.argmax(axis=1))
-        scores.extend(probabilities[:, positive] - probabilities[:, negative])
-    result_labels, result_scores = [""] * len(texts), np.zeros(len(texts))
-    for position, index in enumerate(order):
-        result_labels[index], result_scores[index] = labels[position], scores[position]
-    return result_labels, result_scores
+    if set(names) != set(LABELS):
+        names = list(LABELS)  # saved without names: the training order is LABELS
+    logits = predict_logits(model, tokenizer, texts, device.torch_device(), batch_size=batch_size,
+                            max_length=BehaviorModelConfig().max_length, precision=device.resolved_precision())
+    probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    scores = probabilities[:, names.index("positive")] - probabilities[:, names.index("negative")]
+    return [names[i] for i in probabilities.argmax(axis=1)], scores
 
 
 def _texts_with_kinds(con: duckdb.DuckDBPyConnection, model_id: str):
