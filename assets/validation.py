@@ -147,8 +147,8 @@ def attributes_sql(fields: tuple[str, ...]) -> str:
     # json_keys is one cheap parse; the merge patches run only for rows with extra keys.
     extra = "len(json_keys(record)) > len(list_filter(v, lambda x: x IS NOT NULL))"
     # Nested CASEs, not AND: DuckDB may reorder a conjunction, and json_keys raises on non-JSON.
-    return (f"CASE WHEN is_object THEN CASE WHEN {extra} THEN "
-            f"CASE WHEN {rest} <> '{{}}' THEN mask_json({rest})::JSON END END END")
+    # mask_json keeps '{}' as it is, so nullif turns "nothing left" into NULL without a second patch.
+    return f"CASE WHEN is_object THEN CASE WHEN {extra} THEN nullif(mask_json({rest}), '{{}}')::JSON END END"
 
 
 def missing(field: str) -> Rule:
