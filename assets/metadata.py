@@ -85,3 +85,27 @@ def histogram_markdown(values: Sequence[float], title: str, xlabel: str, bins: i
         ax.spines[side].set_visible(False)
     fig.tight_layout()
     return _png_markdown(fig, title)
+
+
+def scatter_markdown(x: Sequence[float], y: Sequence[float], groups: Sequence[str], title: str,
+                     order: Sequence[str] | None = None) -> dg.MetadataValue:
+    """A scatter plot with one colour per group (legend in `order`, else first-seen), as a PNG embedded in markdown."""
+    xs, ys, names = list(x), list(y), [str(g) for g in groups]
+    legend = list(order) if order is not None else list(dict.fromkeys(names))
+    fig, ax = plt.subplots(figsize=(7, 5), dpi=90)
+    palette = "tab10" if len(legend) <= 10 else "tab20"
+    colours = plt.get_cmap(palette)
+    for index, name in enumerate(legend):
+        picked = [i for i, g in enumerate(names) if g == name]
+        if picked:
+            ax.scatter([xs[i] for i in picked], [ys[i] for i in picked], s=6, alpha=0.6, linewidths=0,
+                       color=colours(index % colours.N), label=name)
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    if legend:
+        ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, markerscale=2, frameon=False)
+    fig.tight_layout()
+    return _png_markdown(fig, title)

@@ -4,7 +4,8 @@
   `behavior_model`; predictions are reused for texts the same model version already scored.
 - **Keywords**: KeyBERT-style. Candidates are the corpus's frequent 1-2 word phrases
   without stop words (English, and Chinese character bigrams); each text's candidates
-  are ranked by cosine similarity between the phrase's embedding and the text's.
+  are ranked by cosine similarity between the phrase's embedding and the text's. A
+  text's keywords are chosen once, when it is first seen (with the same encoder).
 - **Intent** (search queries and chat): the label whose prototype (the normalised mean
   of the example phrases in `INTENT_PROTOTYPES`, documented in docs/language-model.md)
   is most similar to the text's embedding.
@@ -136,6 +137,17 @@ def _texts_with_kinds(con: duckdb.DuckDBPyConnection, model_id: str):
             [r[3] for r in rows])
 
 
+def _previous_keywords(con: duckdb.DuckDBPyConnection, encoder_id: str) -> dict[str, list[str]]:
+    """Keywords already chosen for texts with the same encoder: a text's keywords are fixed
+    when it is first seen, so portraits folded earlier stay equal to a recompute."""
+    columns = {r[0] for r in con.execute("SELECT column_name FROM information_schema.columns "
+                                         "WHERE table_name = 'text_signals'").fetchall()}
+    if "keywords_model" not in columns:
+        return {}
+    return dict(con.execute("SELECT text_hash, keywords FROM text_signals WHERE keywords_model = ?",
+                            [encoder_id]).fetchall())
+
+
 def _previous_sentiment(con: duckdb.DuckDBPyConnection, version: str) -> dict[str, tuple[str, float]]:
     exists = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'text_signals'").fetchone()[0]
     if not exists:
@@ -160,13 +172,19 @@ def text_signals(context: dg.AssetExecutionContext, warehouse: Warehouse, device
         model_folder = model_store.latest("behavior_model")
         version = model_folder.name if model_folder else None
         cached = _previous_sentiment(con, version) if version else {}
+        known_keywords = _previous_keywords(con, loaded.model_id)
     if not texts:
         context.log.warning("no embedded texts for the current encoder (a shop without texts, or "
                             "text_embeddings not materialized): text_signals is empty")
         vectors = np.zeros((0, loaded.dimension), dtype=np.float32)
 
     vocabulary = keyword_vocabulary(texts)
-    keywords = rank_keywords(texts, vectors, vocabulary, loaded.encode(vocabulary))
+    new_texts = [i for i, h in enumerate(hashes) if h not in known_keywords]
+    ranked = rank_keywords([texts[i] for i in new_texts], vectors[new_texts], vocabulary,
+                           loaded.encode(vocabulary)) if new_texts else []
+    keywords = [known_keywords.get(h) for h in hashes]
+    for i, chosen in zip(new_texts, ranked):
+        keywords[i] = chosen
     labels, prototypes = intent_prototypes(loaded)
     intents, intent_scores = classify_intents(vectors, labels, prototypes)
     wants_intent = [any(k in INTENT_KINDS for k in ks) for ks in kinds]
@@ -189,6 +207,7 @@ def text_signals(context: dg.AssetExecutionContext, warehouse: Warehouse, device
         "sentiment_score": pa.array([sentiment.get(h, (None, None))[1] for h in hashes], pa.float64()),
         "sentiment_model": pa.array([version if h in sentiment else None for h in hashes], pa.string()),
         "keywords": pa.array(keywords, pa.list_(pa.string())),
+        "keywords_model": pa.array([loaded.model_id] * len(hashes), pa.string()),
         "intent": pa.array([intent if wanted else None for intent, wanted in zip(intents, wants_intent)], pa.string()),
         "intent_score": pa.array([float(s) if wanted else None for s, wanted in zip(intent_scores, wants_intent)],
                                  pa.float64()),
@@ -209,6 +228,7 @@ def text_signals(context: dg.AssetExecutionContext, warehouse: Warehouse, device
     return dg.MaterializeResult(metadata={
         "dagster/row_count": len(hashes),
         "keyword_vocabulary": len(vocabulary),
+        "texts_given_keywords_this_run": len(new_texts),
         "sentiment_model": version or "none published",
         "sentiment_mix": dg.MetadataValue.md(markdown_table(sentiment_mix)),
         "intent_mix": dg.MetadataValue.md(markdown_table(intent_mix)),

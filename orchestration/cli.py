@@ -38,13 +38,28 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--train-epochs", type=int, help="at most this many epochs (default 3)")
     run.add_argument("--ingest-only", action="store_true", help="stop after ingestion")
 
+    forget = commands.add_parser("forget", help="erase a user from the landing zone and the warehouse")
+    forget.add_argument("user", help="the user id, as in the landing files")
+    forget.add_argument("--reason", help="why (kept in erasure_audit; e-mails and phone numbers are masked)")
+
+    profile = commands.add_parser("profile", help="print a user's portrait")
+    profile.add_argument("user")
+    profile.add_argument("--explain", action="store_true",
+                         help="list the events behind each top interest and the features behind the propensity")
+
+    audience = commands.add_parser("audience", help="list the users whose profile matches a predicate, as CSV")
+    audience.add_argument("--where", required=True, metavar="PREDICATE",
+                          help="e.g. \"lifecycle = 'active' AND monetary > 100\" (grammar in docs/segments.md)")
+    audience.add_argument("--out", metavar="FILE", help="write the CSV here (default: standard output)")
+
     ui = commands.add_parser("ui", help="start the Dagster UI on 127.0.0.1")
     ui.add_argument("--port", type=int, default=3000)
 
     args = parser.parse_args(argv)
     if args.home:
         os.environ["PORTRAIT_HOME"] = str(Path(args.home).resolve())
-    return {"import": _import, "run": _run, "ui": _ui}[args.command](args)
+    return {"import": _import, "run": _run, "forget": _forget, "profile": _profile, "audience": _audience,
+            "ui": _ui}[args.command](args)
 
 
 def _import(args: argparse.Namespace) -> int:
@@ -124,7 +139,7 @@ def _print_summary() -> None:
         tables = {name for (name,) in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
         print("Warehouse", path)
         for table in ("raw_events", "events", "quarantine", "items", "users", "text_embeddings", "item_embeddings",
-                      "text_signals"):
+                      "text_signals", "user_profiles", "user_propensity", "user_segments", "user_summaries"):
             if table in tables:
                 print(f"  {table:<12} {con.execute(f'SELECT count(*) FROM {table}').fetchone()[0]:>10,} rows")
         if "quarantine" in tables:
@@ -133,6 +148,45 @@ def _print_summary() -> None:
                 print(f"    quarantined {reason}: {rows:,}")
     finally:
         con.close()
+
+
+def _forget(args: argparse.Namespace) -> int:
+    from orchestration.forget import forget
+
+    return forget(args.user, args.reason)
+
+
+def _profile(args: argparse.Namespace) -> int:
+    import duckdb
+
+    from orchestration.profile_report import UnknownUser, describe
+    from resources.home import models_path
+    from resources.model_store import ModelStore
+
+    path = warehouse_path()
+    if not path.exists():
+        print(f"error: no warehouse at {path}; run `portrait import` and `portrait run` first", file=sys.stderr)
+        return 2
+    with duckdb.connect(str(path), read_only=True) as con:
+        try:
+            print(describe(con, args.user, args.explain, ModelStore(root=str(models_path()))))
+        except (UnknownUser, RuntimeError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+    return 0
+
+
+def _audience(args: argparse.Namespace) -> int:
+    from orchestration.audience import select_audience, write_user_ids
+
+    try:
+        user_ids = select_audience(warehouse_path(), args.where)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    write_user_ids(user_ids, Path(args.out) if args.out else None)
+    print(f"{len(user_ids):,} users" + (f" written to {args.out}" if args.out else ""), file=sys.stderr)
+    return 0
 
 
 def _ui(args: argparse.Namespace) -> int:

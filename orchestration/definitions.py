@@ -10,13 +10,18 @@ from assets.behavior_model import behavior_model
 from assets.dimensions import items, users
 from assets.embeddings import item_embeddings, text_embeddings
 from assets.events import validate_events
+from assets.profiles import user_profiles
+from assets.propensity import purchase_propensity
 from assets.raw_events import raw_events
+from assets.segments import user_segments
+from assets.summaries import user_summaries
 from assets.text_signals import text_signals
-from orchestration.jobs import dimensions_job, events_job, language_job, training_job
+from orchestration.jobs import dimensions_job, events_job, language_job, portraits_job, training_job
 from resources.encoder import TextEncoder
 from resources.home import landing_path, models_path, warehouse_path
 from resources.landing import LandingZone
 from resources.model_store import ModelStore
+from resources.text_generator import TextGenerator
 from resources.torch_device import TorchDevice
 from resources.warehouse import Warehouse
 
@@ -29,8 +34,9 @@ def build_defs() -> dg.Definitions:
     """
     return dg.Definitions(
         assets=[raw_events, validate_events, items, users, text_embeddings, item_embeddings, behavior_model,
-                text_signals],
-        jobs=[events_job, dimensions_job, language_job, training_job],
+                text_signals, user_profiles, purchase_propensity, user_summaries,
+                user_segments],
+        jobs=[events_job, dimensions_job, language_job, training_job, portraits_job],
         resources={
             "warehouse": Warehouse(path=str(warehouse_path())),
             "landing": LandingZone(root=str(landing_path())),
@@ -38,6 +44,7 @@ def build_defs() -> dg.Definitions:
                                   precision=os.environ.get("PORTRAIT_PRECISION", "auto")),
             "encoder": TextEncoder(),
             "model_store": ModelStore(root=str(models_path())),
+            "generator": TextGenerator(model_path=os.environ.get("PORTRAIT_GENERATOR", "")),
         },
     )
 

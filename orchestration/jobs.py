@@ -1,4 +1,4 @@
-"""Jobs: ingestion of event days, the dimension tables, the language-model stage, training."""
+"""Jobs: ingestion of event days, the dimension tables, the language-model stage, training, portraits."""
 
 import dagster as dg
 
@@ -24,4 +24,10 @@ training_job = dg.define_asset_job(
     "train_behavior_model",
     selection=dg.AssetSelection.assets("behavior_model"),
     description="Fine-tune the behaviour model; it is published only if its blocking check passes.",
+)
+
+portraits_job = dg.define_asset_job(
+    "build_portraits",
+    selection=dg.AssetSelection.groups("portraits"),
+    description="Update portraits for users with new events, then propensity, segments and summaries.",
 )

@@ -111,11 +111,13 @@ def _reported(outcome: RunOutcome, report: Callable[[str], None]) -> RunOutcome:
 
 def build_downstream(defs: dg.Definitions, instance: dg.DagsterInstance, training: dict | None,
                      report: Callable[[str], None] = print) -> list[RunOutcome]:
-    """Train the behaviour model when `training` (its config) is given, then embed texts and
-    rebuild item vectors and text signals."""
+    """Train the behaviour model when `training` (its config) is given, then embed texts,
+    rebuild item vectors and text signals, and update the portraits."""
     outcomes = []
     if training is not None:
         config = {"ops": {"behavior_model": {"config": training}}}
         outcomes.append(_reported(run_job(defs, "train_behavior_model", instance, run_config=config), report))
     outcomes.append(_reported(run_job(defs, "build_language_model", instance), report))
+    if outcomes[-1].success:
+        outcomes.append(_reported(run_job(defs, "build_portraits", instance), report))
     return outcomes

@@ -14,14 +14,17 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_definitions_load_with_jobs_and_every_asset_described():
     defs = build_defs()
     repository = defs.get_repository_def()
-    assert {"ingest_events", "ingest_dimensions", "build_language_model"} <= set(repository.job_names)
+    assert {"ingest_events", "ingest_dimensions", "build_language_model", "build_portraits"} <= set(repository.job_names)
     graph = repository.asset_graph
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     assert {"raw_events", "events", "quarantine", "items", "users"} <= keys
-    ingest = {"raw_events", "events", "quarantine", "items", "users"}
+    groups = {"ingest": {"raw_events", "events", "quarantine", "items", "users"},
+              "language_model": {"text_embeddings", "item_embeddings", "behavior_model", "text_signals"},
+              "portraits": {"user_profiles", "purchase_propensity", "user_segments", "user_summaries"}}
+    assert set().union(*groups.values()) == keys
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
-        assert node.group_name == ("ingest" if key.to_user_string() in ingest else "language_model"), key
+        assert key.to_user_string() in groups[node.group_name], key
         assert node.description, key
         assert node.owners == ["team:portrait"], key
         assert node.kinds & {"duckdb", "torch"}, key

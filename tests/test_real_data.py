@@ -3,9 +3,16 @@
 Facts asserted here come from shared/data/README.md, not from our own output.
 """
 
+import json
+import shutil
+
 import dagster as dg
+import duckdb
 import pytest
 
+from assets.profile_state import EVENT_TYPES
+from assets.profiles import ProfileConfig, update_profiles
+from assets.propensity import PropensityConfig, stored_profile_config, train
 from orchestration.cli import main
 from resources.landing import LandingZone
 from tests.conftest import shared_file
@@ -40,6 +47,27 @@ def test_taobao_head_through_the_command_line(home):
     assert query(home, "SELECT count(*) FROM items_without_embedding") == [(55_368,)]
     assert query(home, "SELECT count(*) FROM text_signals") == [(0,)]
 
+    # portraits: every user once, segmented once; propensity beats the recency-frequency baseline
+    assert query(home, "SELECT count(*), count(DISTINCT user_id), count(interest) FROM user_profiles") == [(815, 815, 0)]
+    assert query(home, "SELECT count(*), count(DISTINCT user_id) FROM user_segments") == [(815, 815)]
+    card = json.loads((home / "models" / "purchase_propensity" / (home / "models" / "purchase_propensity" / "LATEST")
+                       .read_text().strip() / "model_card.json").read_text())
+    assert card["chosen"] == "model" and card["model_auc"] > card["baseline_auc"], card
+    # the top category is the category of most of the user's events when every event weighs the same ...
+    mode_sql = """
+        WITH c AS (SELECT e.user_id, i.categories[1] AS category, count(*) AS n
+                   FROM events e JOIN items i USING (item_id) GROUP BY 1, 2)
+        SELECT count(*) FILTER (WHERE p.top_category IN (SELECT category FROM c WHERE c.user_id = p.user_id
+                                 AND c.n = (SELECT max(n) FROM c AS d WHERE d.user_id = p.user_id))), count(*)
+        FROM user_profiles p"""
+    agree, users = query(home, mode_sql)[0]
+    assert agree / users > 0.75  # ... and mostly so with purchases weighing more and old events less
+    copy = home / "flat.duckdb"
+    shutil.copy(home / "warehouse.duckdb", copy)
+    with duckdb.connect(str(copy)) as con:
+        update_profiles(con, ProfileConfig(event_weights={t: 1.0 for t in EVENT_TYPES}, half_life_days=1e9))
+        assert con.execute(mode_sql).fetchall() == [(815, 815)]
+
 
 def test_amazon_reviews_every_day_in_one_run(home):
     source = shared_file(AMAZON)
@@ -64,3 +92,22 @@ def test_amazon_reviews_every_day_in_one_run(home):
     assert query(home, "SELECT min(ts)::DATE::VARCHAR, max(ts)::DATE::VARCHAR FROM events") == [
         ("2004-09-18", "2014-07-22")]
     assert query(home, "SELECT count(*) FROM events WHERE attributes->>'reviewerName' IS NOT NULL") == [(0,)]
+
+    # portraits without a published sentiment model: a review's sentiment comes from its stars
+    with duckdb.connect(str(home / "warehouse.duckdb")) as con:
+        report = update_profiles(con, ProfileConfig())
+        assert (report.mode, report.users) == ("full", 1_429)
+        by_rating = con.sql("""
+            SELECT p.sentiment, p.sentiment_label, r.mean_rating, r.low_share
+            FROM user_profiles p JOIN (SELECT user_id, avg(rating) AS mean_rating,
+                                              avg(CASE WHEN rating <= 2 THEN 1 ELSE 0 END) AS low_share
+                                       FROM events GROUP BY 1) r USING (user_id)""").df()
+        mostly_low = by_rating[by_rating["low_share"] > 0.5]
+        assert len(mostly_low) >= 5 and (mostly_low["sentiment"] <= 0).all()
+        assert "positive" not in set(mostly_low["sentiment_label"])
+        assert (by_rating.loc[by_rating["mean_rating"] <= 2.5, "sentiment_label"] == "negative").all()
+        assert by_rating["sentiment"].corr(by_rating["mean_rating"], method="spearman") > 0.95
+        # no purchases in a review data set: reviews are the conversions
+        result = train(con, PropensityConfig(horizon_days=90), stored_profile_config(con))
+        assert result.conversions == ("review",) and result.test_users > 100
+        print(f"amazon propensity (90 days): model AUC {result.model.auc:.3f}, baseline {result.baseline.auc:.3f}")
