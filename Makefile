@@ -35,6 +35,8 @@ ui: install
 bench: install
 	$(BIN)/python -m bench.ingest
 	$(BIN)/python -m bench.encode
+	$(BIN)/python -m bench.profiles
+	$(BIN)/python -m bench.freshness
 
 clean:
 	rm -rf $(VENV) .portrait

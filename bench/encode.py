@@ -34,7 +34,6 @@ from pathlib import Path
 
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parent / "results"
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "amazon-musical-instruments-5core" / \
     "reviews_Musical_Instruments_5.json.gz"
 CALIBRATION_TEXTS = 128
@@ -105,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from bench.machine import machine_facts
+    from bench.machine import record
     from resources.encoder import TextEncoder, bundled_model_path
     from resources.torch_device import TorchDevice
 
@@ -161,13 +160,9 @@ def main(argv: list[str] | None = None) -> dict:
         "build_seconds": build_seconds,
         "calibration": f"{CALIBRATION_TEXTS} of reviews {args.texts}-{args.texts + 4 * CALIBRATION_TEXTS - 1} "
                        "(outside the timed texts)" if args.device == "cpu" else None,
-        "machine": machine_facts(),
         "versions": {p: _version(p) for p in ("torch", "transformers", "sentence-transformers", "openvino", "nncf")},
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "encode.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
-    return result
+    return record("encode", result)
 
 
 def _version(package: str) -> str | None:

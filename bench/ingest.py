@@ -22,11 +22,10 @@ import duckdb
 
 from assets.events import clean_events
 from assets.raw_events import load_raw_events
-from bench.machine import machine_facts
+from bench.machine import record
 from resources.landing import LandingZone
 from resources.warehouse import Warehouse
 
-RESULTS = Path(__file__).resolve().parent / "results"
 TYPES = ["view"] * 60 + ["click"] * 15 + ["add_to_cart"] * 8 + ["favorite"] * 4 + ["purchase"] * 5 + \
         ["review"] * 3 + ["rating"] * 1 + ["search"] * 3 + ["chat"] * 1
 WORDS = "great sound cheap strings guitar amp cable works broke loud warm tone fast shipping love it".split()
@@ -102,12 +101,8 @@ def main(argv: list[str] | None = None) -> dict:
         "ratio": round(bare_s / ours_s, 3),
         "ours_s": round(ours_s, 2),
         "duckdb_bare_s": round(bare_s, 2),
-        "machine": machine_facts(),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "ingest.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
-    return result
+    return record("ingest", result)
 
 
 if __name__ == "__main__":

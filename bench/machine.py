@@ -1,11 +1,15 @@
-"""Machine facts recorded next to every benchmark figure."""
+"""Machine facts recorded next to every benchmark figure, and where results are written."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
 from importlib import metadata
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine_facts() -> dict:
@@ -17,6 +21,16 @@ def machine_facts() -> dict:
         "versions": {p: _version(p) for p in ("duckdb", "dagster", "pyarrow", "pandas")},
         "git_commit": _git_commit(),
     }
+
+
+def record(name: str, result: dict) -> dict:
+    """Add the machine facts, write `bench/results/<name>.json` and print it."""
+    result = {**result, "machine": machine_facts()}
+    RESULTS.mkdir(exist_ok=True)
+    text = json.dumps(result, indent=2)
+    (RESULTS / f"{name}.json").write_text(text + "\n")
+    print(text)
+    return result
 
 
 def _version(package: str) -> str | None:

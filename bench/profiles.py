@@ -15,7 +15,6 @@ Writes bench/results/profiles.json: `users`, `incremental_s`, `full_s`, `speedup
 """
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -27,9 +26,8 @@ import numpy as np
 import pyarrow as pa
 
 from assets.profiles import ProfileConfig, update_profiles
-from bench.machine import machine_facts
+from bench.machine import record
 
-RESULTS = Path(__file__).resolve().parent / "results"
 CATEGORIES = ["Guitars", "Bass", "Drums", "Keyboards", "Microphones", "Amplifiers", "Strings", "Cables", "Studio", "DJ"]
 DIMENSION = 384
 
@@ -156,12 +154,8 @@ def main(argv: list[str] | None = None) -> dict:
         "full_s": round(full_s, 3),
         "speedup": round(full_s / incremental_s, 2),
         "max_abs_difference": difference,
-        "machine": machine_facts(),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "profiles.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
-    return result
+    return record("profiles", result)
 
 
 if __name__ == "__main__":

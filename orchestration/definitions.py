@@ -17,6 +17,7 @@ from assets.segments import user_segments
 from assets.summaries import user_summaries
 from assets.text_signals import text_signals
 from orchestration.jobs import dimensions_job, events_job, language_job, portraits_job, training_job
+from orchestration.sensors import automation_sensor, fine_tune_schedule, landing_sensor
 from resources.encoder import TextEncoder
 from resources.home import landing_path, models_path, warehouse_path
 from resources.landing import LandingZone
@@ -37,6 +38,11 @@ def build_defs() -> dg.Definitions:
                 text_signals, user_profiles, purchase_propensity, user_summaries,
                 user_segments],
         jobs=[events_job, dimensions_job, language_job, training_job, portraits_job],
+        sensors=[landing_sensor, automation_sensor],
+        # Steps run one after another in the run's own process: the warehouse takes one writer
+        # at a time, so step processes would only queue on its lock, each after ~5 s of imports.
+        executor=dg.in_process_executor,
+        schedules=[fine_tune_schedule],
         resources={
             "warehouse": Warehouse(path=str(warehouse_path())),
             "landing": LandingZone(root=str(landing_path())),

@@ -14,6 +14,7 @@ from assets.profile_state import EVENT_TYPES
 from assets.profiles import ProfileConfig, update_profiles
 from assets.propensity import PropensityConfig, stored_profile_config, train
 from orchestration.cli import main
+from orchestration.definitions import build_defs
 from resources.landing import LandingZone
 from tests.conftest import shared_file
 from tests.ingest_helpers import check_results, ingest_dimensions, ingest_events, query
@@ -111,3 +112,9 @@ def test_amazon_reviews_every_day_in_one_run(home):
         result = train(con, PropensityConfig(horizon_days=90), stored_profile_config(con))
         assert result.conversions == ("review",) and result.test_users > 100
         print(f"amazon propensity (90 days): model AUC {result.model.auc:.3f}, baseline {result.baseline.auc:.3f}")
+    # the whole portraits stage as a real run: segments cover every user once, everyone gets a summary
+    portraits = build_defs().resolve_job_def("build_portraits").execute_in_process(instance=instance)
+    assert portraits.success
+    assert query(home, "SELECT count(*), count(DISTINCT user_id) FROM user_segments") == [(1_429, 1_429)]
+    assert query(home, "SELECT count(*) FROM user_summaries WHERE length(summary) > 20") == [(1_429,)]
+    assert query(home, "SELECT count(*) FROM segments WHERE size < 20 AND segment <> 'other'") == [(0,)]
