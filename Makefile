@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 
 demo: install
 	$(BIN)/portrait import demo
-	$(BIN)/portrait run --train --train-examples 300 --train-epochs 2
+	$(BIN)/portrait run --train --train-epochs 3
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -2,10 +2,13 @@
 
 The data is made to carry signal that the later stages can find: shoppers with stable
 tastes (and, for some, a change of heart halfway through), price bands, Zipf-like item
-popularity, searches whose wording names a category, reviews whose words follow their
-rating, chats that sometimes leak an e-mail address or phone number, and a few hostile
-rows so that the quarantine has something to show. The same arguments always give the
-same bytes: every random choice comes from one `random.Random(seed)`, in a fixed order.
+popularity, searches built from one catalogue item each (named in the search event as
+`target_item`; most such sessions end by buying it, so personalized search has a ground
+truth), reviews whose gist follows their rating but whose words do not give it away
+(negations, mixed feelings, sarcasm, typos), chats that sometimes leak an e-mail address or
+phone number, and a few hostile rows so that the quarantine has something to show. The same
+arguments always give the same bytes: every random choice comes from one
+`random.Random(seed)`, in a fixed order.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ import csv
 import json
 import math
 import random
+import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timezone
 from itertools import accumulate, count
@@ -32,7 +37,7 @@ EVENT_FIELDS = ("event_id", "user_id", "event_type", "ts", "item_id", "text", "r
 
 @dataclass(frozen=True)
 class Kind:
-    """A sub-category and the noun shoppers type for it; search queries always contain the noun."""
+    """A sub-category and the noun shoppers type for it; most search queries contain the noun."""
 
     subcategory: str
     noun: str
@@ -158,8 +163,15 @@ TIER_SUFFIXES = {"budget": ("Go", "Lite", "Start"), "mid": ("Classic", "SE", "St
                  "premium": ("Pro", "Custom", "Signature")}
 PRICE_WORDS = {"budget": ("cheap", "budget", "affordable"), "mid": ("best", "good", "reliable"),
                "premium": ("professional", "high end", "premium")}
-QUERY_TEMPLATES = ("{noun}", "{price_word} {noun}", "{noun} for {use}", "{brand} {noun}", "{adjective} {noun}",
-                   "{price_word} {noun} for {use}")
+# Search queries: each is built from one catalogue item (the item the searcher is after). The fields a
+# template names are also what a result must share with that item: its kind (the noun), brand or use.
+# Most queries name the product noun; a few name only a brand or a use and are ambiguous across categories.
+QUERY_TEMPLATES: tuple[tuple[str, float], ...] = (
+    ("{noun}", 3.0), ("{price_word} {noun}", 2.0), ("{noun} for {use}", 3.0), ("{brand} {noun}", 2.0),
+    ("{adjective} {noun}", 2.0), ("{price_word} {noun} for {use}", 1.0), ("{brand} {adjective} {noun}", 1.0),
+    ("{brand}", 0.6), ("{generic} for {use}", 0.6), ("{price_word} {generic} for {use}", 0.4),
+)
+GENERIC_WORDS = ("gear", "setup", "equipment", "starter kit")
 CLOSING_SENTENCES = ("Backed by a {years}-year {brand} warranty.", "Free returns within 30 days.",
                      "Ships within two working days.")
 
@@ -176,49 +188,121 @@ LATE_SIGNUP_SHARE = 0.08
 GRUMPY_SHARE = 0.20
 LEMON_SHARE = 0.08
 ZIPF_EXPONENT = 1.1
-SEARCH_SHARE = 0.35
+SEARCH_SHARE = 0.30
+SEARCH_FOCUS_POWER = 2.0  # searches lean harder on a shopper's main interest than browsing does
+SEARCH_BUY_SHARE = 0.60  # search sessions that go on to buy the item the query was built from
 EXPLORE_SHARE = 0.10
 FAVORITE_SHARE = 0.06
 CART_SHARE = 0.12
-CHECKOUT_SHARE = 0.55  # sessions with a full cart that end in a purchase
+CHECKOUT_SHARE = 0.55  # browsing sessions with a full cart that end in a purchase
 CHAT_SHARE = 0.06
 PII_SHARE = 0.04
-REVIEW_SHARE = 0.38
-RATING_ONLY_SHARE = 0.12
+REVIEW_SHARE = 0.55
+RATING_ONLY_SHARE = 0.10
 HOSTILE_SHARE = 0.002
 SESSION_GAP_SECONDS = 1_800
 
-# Star odds (1..5) by who rates what; mixed so that overall about 60/20/8/6/6 % are 5/4/3/2/1 stars.
+# Star odds (1..5) by who rates what; mixed so that overall about 58/20/10/6/6 % are 5/4/3/2/1 stars.
 RATING_ODDS = {
-    "content": (0.02, 0.03, 0.07, 0.21, 0.67),
-    "grumpy": (0.12, 0.12, 0.12, 0.20, 0.44),
+    "content": (0.02, 0.03, 0.09, 0.22, 0.64),
+    "grumpy": (0.12, 0.12, 0.14, 0.20, 0.42),
     "lemon": (0.30, 0.25, 0.15, 0.15, 0.15),
 }
 
-# Review phrase banks by sentiment; `{feature}` is one of the reviewed item's features.
-REVIEW_OPENERS = {
-    "negative": ("Really disappointed.", "Would not recommend.", "Waste of money.", "Terrible quality, sadly.",
-                 "Not worth the price.", "Very unhappy with this purchase."),
-    "neutral": ("It's okay.", "Does the job.", "Average overall.", "Decent, nothing special.",
-                "Fair enough for the money."),
-    "positive": ("Absolutely love it!", "Great value.", "Excellent purchase.", "Fantastic, highly recommend.",
-                 "Exceeded my expectations.", "Superb quality."),
+# Review sentences. Slots: {part} (a part of this kind of product), {feature} (one of the item's features),
+# {noun}, {brand}, {use} (one of the item's uses). Praise and complaints come in a strong and a mild form,
+# and each also in a negated form ("not bad at all" praises, "not worth the money" complains), so the
+# words alone do not give the stars away: the rating follows what the review says on balance.
+REVIEW_PARTS: dict[str, tuple[str, ...]] = {
+    "Guitars": ("neck", "frets", "tuners", "finish", "bridge", "nut", "input jack"),
+    "Bass": ("neck", "tone knobs", "frets", "output jack", "bridge", "tuners"),
+    "Keyboards": ("keys", "speakers", "knobs", "display", "pitch wheel", "power supply"),
+    "Drums": ("pedal", "hardware", "heads", "shells", "hi-hat stand", "throne"),
+    "Microphones": ("capsule", "cable", "mount", "grille", "stand adapter", "case"),
+    "Audio Interfaces": ("preamps", "knobs", "headphone output", "USB port", "power switch", "meters"),
+    "Strings & Picks": ("coating", "packaging", "ball ends", "winding", "edges"),
+    "Cables & Stands": ("connectors", "clamp", "jacket", "legs", "boom arm", "locking screws"),
 }
-REVIEW_REMARKS = {
-    "negative": ("The {feature} stopped working after a week.", "The {feature} broke within days.",
-                 "Poor {feature}, cheap and flimsy.", "The {feature} arrived damaged.",
-                 "Awful {feature}, constant problems."),
-    "neutral": ("The {feature} could be better.", "Standard {feature}, as described.",
-                "Okay {feature} for the price."),
-    "positive": ("Brilliant {feature}.", "Really impressed by the {feature}.",
-                 "Excellent {feature}, works perfectly.", "The {feature} made a huge difference."),
+REVIEW_PHRASES: dict[str, tuple[str, ...]] = {
+    "praise": (
+        "The {part} is flawless.", "The {feature} is fantastic.", "Sounds amazing for {use}.",
+        "Best {noun} I have ever owned.", "Build quality is superb, the {part} feels rock solid.",
+        "The {feature} alone is worth the price.", "Blew me away the first time I plugged it in.",
+        "Incredible value for money.", "Everything about it feels premium.", "The {part} is just perfect.",
+        "My teacher was impressed.", "Worth every penny.",
+    ),
+    "mild_praise": (
+        "The {part} is nice.", "Sounds good for {use}.", "Setup was easy enough.", "Feels solid.",
+        "Decent value for the money.", "The {feature} is handy.", "Does what it says on the box.",
+        "The {part} feels fine.", "Looks nice in person.", "The {feature} works well.",
+        "Good enough for {use}.", "Looks and feels well made.",
+    ),
+    "negated_praise": (
+        "Not bad at all.", "Can't fault the {part}.", "No complaints about the {feature}.",
+        "Haven't had a single issue with it.", "Honestly can't find anything wrong with it.",
+        "Didn't expect much for the price, but it's really not bad.", "The {part} hasn't let me down once.",
+        "Never had a problem with the {feature}.", "I was not disappointed.", "No buzz, no noise, no regrets.",
+    ),
+    "mild_complaint": (
+        "The {part} feels a bit cheap.", "The {feature} is a little fiddly.", "It took a while to set up.",
+        "The manual is pretty useless.", "Shipping took longer than promised.",
+        "It's a bit heavier than I expected.", "The {part} needed adjusting out of the box.",
+        "The {feature} could be better.", "It's slightly overpriced for what you get.",
+        "The {part} rattles a little.", "The {part} is a bit stiff.",
+    ),
+    "complaint": (
+        "The {part} broke within a week.", "The {feature} stopped working after two days.",
+        "It arrived damaged and scratched.", "Constant buzzing from the {part}.", "Feels cheap and flimsy.",
+        "The {feature} is useless.", "Customer service never answered my emails.",
+        "The {part} came loose after a few sessions.", "Unusable for {use}.", "The {part} was cracked.",
+    ),
+    "negated_complaint": (
+        "Not worth the money.", "The {part} doesn't hold up.", "Can't recommend it.", "Wouldn't buy it again.",
+        "Not what I expected at all.", "The {feature} doesn't really work.", "Nothing like the pictures.",
+        "Not good enough for {use}.", "The {part} won't stay in place.",
+    ),
+    "torn": (
+        "Not the best {noun} I've had, not the worst either.", "Some good, some bad.", "Honestly, I'm torn.",
+        "Not great, not terrible.", "It has its ups and downs.",
+    ),
+    "sarcasm": (
+        "Great, the {part} fell off on day two.", "Love how the {feature} quits whenever I actually need it.",
+        "Wow, what a bargain: it lasted a whole week.", "Five stars for the packaging, zero for the {noun}.",
+        "Amazing how fast the {part} broke. Truly impressive.", "Just perfect if you enjoy buzzing and crackling.",
+        "Fantastic {noun}, if you like sending things back.",
+    ),
+    "context": (
+        "Bought the {brand} {noun} for {use}.", "Got this as a gift for my son.", "I've been playing for years.",
+        "Using it mostly for {use}.", "Replaced my old {noun} with this one.", "Had it for about a month now.",
+        "Ordered it on a Tuesday, it arrived on Friday.", "Picked the {brand} over two other brands.",
+        "First {noun} I've bought online.", "I play in a covers band on weekends.",
+    ),
 }
-REVIEW_CLOSERS = {
-    "negative": ("Returning it.", "Avoid.", "Save your money."),
-    "neutral": ("Might keep it.", "Mixed feelings.", "Time will tell."),
-    "positive": ("Would buy again.", "Perfect for my setup.", "Love it."),
+# How each star rating usually sums up, and the turns mixed reviews take.
+REVIEW_VERDICTS: dict[int, tuple[str, ...]] = {
+    5: ("Would buy again.", "Highly recommend.", "Five stars.", "Love it!", "Perfect for {use}.",
+        "Couldn't be happier.", "Best purchase this year."),
+    4: ("Would recommend.", "Happy with it overall.", "Very good, not perfect.", "Pretty happy so far.",
+        "Solid choice for {use}.", "Good buy.", "Four stars."),
+    3: ("It's okay.", "Does the job, nothing more.", "Average.", "Mixed feelings.", "Might keep it, might not.",
+        "Fine for the money, I guess.", "Middle of the road.", "Not great, not terrible."),
+    2: ("Disappointed.", "Expected more for the price.", "Probably sending it back.", "Not great.", "Meh.",
+        "Two stars."),
+    1: ("Returning it.", "Avoid.", "Save your money.", "Complete junk.", "Never again.", "One star."),
 }
-REVIEW_CONTEXT = "Bought the {brand} {noun} for {use}."
+REVIEW_TURNS: dict[str, tuple[str, ...]] = {
+    "wanted_to_love": ("I wanted to love this {noun}, but {clause}", "I really wanted to like it, but {clause}",
+                       "Looks great, but {clause}", "On paper it's perfect, but {clause}"),
+    "won_over": ("I was skeptical at first, but {clause}", "Wasn't sure about the {brand}, but {clause}"),
+    "nitpick": ("Only nitpick: {clause}", "If I had to complain: {clause}", "Minor thing: {clause}"),
+    "star_off": ("One star off because {clause}", "Would be five stars, but {clause}", "My only gripe: {clause}"),
+    "contrast": ("But {clause}", "On the other hand, {clause}", "That said, {clause}", "However, {clause}"),
+}
+COMPLAINT_KINDS = ("mild_complaint", "complaint", "negated_complaint", "sarcasm")
+PLURAL_VERBS = {"is": "are", "was": "were", "feels": "feel", "works": "work", "rattles": "rattle", "quits": "quit",
+                "hasn't": "haven't", "doesn't": "don't"}
+REVIEW_LOWERCASE_SHARE = 0.15  # typed without capitals
+REVIEW_TYPO_SHARE = 0.12  # a letter swapped or dropped somewhere
 
 CHAT_TOPICS: dict[str, tuple[str, ...]] = {
     "support": ("Hi, the {feature} on my {brand} {noun} stopped working. Can you help?",
@@ -268,6 +352,7 @@ class Item:
     features: tuple[str, ...]
     price: float
     lemon: bool  # a weak product: rated lower by everyone, complaints name its first feature
+    uses: tuple[str, ...] = ()  # what the description says it is made for
     tier: str = ""  # budget, mid or premium: the price tercile within its category
     popularity: float = 0.0
     title: str = ""
@@ -407,7 +492,7 @@ def _named(rng: random.Random, item: Item) -> Item:
     ]
     if rng.random() < 0.5:
         sentences.append(rng.choice(CLOSING_SENTENCES).format(years=rng.randint(1, 5), brand=item.brand))
-    return replace(item, title=title, description=" ".join(sentences))
+    return replace(item, title=title, description=" ".join(sentences), uses=tuple(uses))
 
 
 # --- shoppers ----------------------------------------------------------------------------------------------------
@@ -527,60 +612,105 @@ def _session_starts(rng: random.Random, shopper: Shopper, period: Period) -> lis
 
 def _play_session(rng: random.Random, log: SessionLog, catalog: Catalog, tastes: tuple[tuple[str, float], ...],
                   purchases: list[Item]) -> Item | None:
-    """Search (sometimes), visit items, maybe chat, maybe buy. Returns the item bought, if any.
+    """Search or browse, maybe chat, maybe buy. Returns the item bought, if any."""
+    if rng.random() < SEARCH_SHARE:
+        visited, bought = _search_visits(rng, log, catalog, tastes)
+    else:
+        visited, bought = _browse_visits(rng, log, catalog, tastes)
+    if rng.random() < CHAT_SHARE:
+        _chat(rng, log, catalog, visited, purchases)
+    if bought is not None:
+        quantity = 2 if rng.random() < (0.4 if bought.category.consumable else 0.1) else 1
+        log.add("purchase", bought, price=bought.price, quantity=quantity)
+    return bought
 
-    A session that starts with a search buys, if anything, an item of the searched category,
-    so "what did a searcher buy next" can be read back from the session id.
-    """
+
+def _browse_visits(rng: random.Random, log: SessionLog, catalog: Catalog,
+                   tastes: tuple[tuple[str, float], ...]) -> tuple[list[Item], Item | None]:
+    """Items of the shopper's interests, a few into the cart; sometimes one of those is bought."""
     band = log.shopper.band
     focus = _pick_taste(rng, tastes)
-    searched = rng.random() < SEARCH_SHARE
-    if searched:
-        log.add("search", text=_search_query(rng, CATEGORY_BY_NAME[focus], band))
     cart: list[Item] = []
     visited: list[Item] = []
     for _ in range(1 + int(rng.expovariate(1 / 3))):
-        item = catalog.pick(rng, _visit_category(rng, focus, tastes, searched), band)
-        from_results = searched and item.category.name == focus
-        if rng.random() < (0.6 if from_results else 0.15):
+        item = catalog.pick(rng, _visit_category(rng, focus, tastes), band)
+        if rng.random() < 0.15:
             log.add("click", item)
         log.add("view", item)
         visited.append(item)
         if rng.random() < FAVORITE_SHARE:
             log.add("favorite", item)
-        if rng.random() < CART_SHARE and (from_results or not searched):
+        if rng.random() < CART_SHARE:
             log.add("add_to_cart", item)
             cart.append(item)
-    if rng.random() < CHAT_SHARE:
-        _chat(rng, log, catalog, visited, purchases)
-    if cart and rng.random() < CHECKOUT_SHARE:
-        item = rng.choice(cart)
-        quantity = 2 if rng.random() < (0.4 if item.category.consumable else 0.1) else 1
-        log.add("purchase", item, price=item.price, quantity=quantity)
-        return item
-    return None
+    bought = rng.choice(cart) if cart and rng.random() < CHECKOUT_SHARE else None
+    return visited, bought
 
 
-def _visit_category(rng: random.Random, focus: str, tastes: tuple[tuple[str, float], ...], searched: bool) -> str:
+def _search_visits(rng: random.Random, log: SessionLog, catalog: Catalog,
+                   tastes: tuple[tuple[str, float], ...]) -> tuple[list[Item], Item | None]:
+    """A query built from one item (named in the event as `target_item`), then results that match it.
+
+    The item is drawn like any other visit (the shopper's interests, popularity, price band), with
+    the interests sharpened: people search most for what they care about most. With probability
+    `SEARCH_BUY_SHARE` the shopper finds that item among the results, puts it into the cart and buys
+    it at the end of the session; otherwise they look around and leave without buying.
+    """
+    band = log.shopper.band
+    target = catalog.pick(rng, _pick_taste(rng, tastes, power=SEARCH_FOCUS_POWER), band)
+    query, matches = _search_query(rng, target)
+    log.add("search", text=query, target_item=target.item_id)
+    results = [item for item in catalog.items if matches(item)]
+    weights = [item.popularity * BAND_AFFINITY[band][item.tier] for item in results]
+    buys = rng.random() < SEARCH_BUY_SHARE
+    views = 1 + int(rng.expovariate(1 / 2.5))
+    found_at = rng.randrange(views) if buys else -1
+    visited: list[Item] = []
+    for step in range(views):
+        item = target if step == found_at else rng.choices(results, weights)[0]
+        if rng.random() < 0.7:
+            log.add("click", item)
+        log.add("view", item)
+        visited.append(item)
+        if rng.random() < FAVORITE_SHARE:
+            log.add("favorite", item)
+        if step == found_at or (not buys and item is not target and rng.random() < CART_SHARE / 2):
+            log.add("add_to_cart", item)
+    return visited, target if buys else None
+
+
+def _visit_category(rng: random.Random, focus: str, tastes: tuple[tuple[str, float], ...]) -> str:
     """Mostly the session's focus, else another preferred category, now and then anything."""
-    if rng.random() < (0.85 if searched else 0.6):
+    if rng.random() < 0.6:
         return focus
     if rng.random() < EXPLORE_SHARE:
         return rng.choices(CATEGORIES, [c.weight for c in CATEGORIES])[0].name
     return _pick_taste(rng, tastes)
 
 
-def _pick_taste(rng: random.Random, tastes: tuple[tuple[str, float], ...]) -> str:
-    return rng.choices([name for name, _ in tastes], [weight for _, weight in tastes])[0]
+def _pick_taste(rng: random.Random, tastes: tuple[tuple[str, float], ...], power: float = 1.0) -> str:
+    return rng.choices([name for name, _ in tastes], [weight**power for _, weight in tastes])[0]
 
 
-def _search_query(rng: random.Random, category: Category, band: str) -> str:
-    """Query words from the category's vocabulary; price words follow the shopper's band."""
-    query = rng.choice(QUERY_TEMPLATES).format(
-        noun=rng.choice(category.kinds).noun, price_word=rng.choice(PRICE_WORDS[band]),
-        use=rng.choice(category.uses), brand=rng.choice(category.brands), adjective=rng.choice(category.adjectives),
+def _search_query(rng: random.Random, item: Item) -> tuple[str, Callable[[Item], bool]]:
+    """Query words from the item's own attributes, and the test a result must pass to match the query.
+
+    A result shares whatever the query names of the item: its kind (the noun), its brand, its use.
+    Price words follow the item's price tier; they and adjectives narrow nothing down.
+    """
+    template = rng.choices([t for t, _ in QUERY_TEMPLATES], [w for _, w in QUERY_TEMPLATES])[0]
+    use = rng.choice(item.uses)
+    query = template.format(
+        noun=item.kind.noun, price_word=rng.choice(PRICE_WORDS[item.tier]), use=use, brand=item.brand,
+        adjective=item.adjective, generic=rng.choice(GENERIC_WORDS),
     )
-    return query.lower()
+    named_kind, named_brand, named_use = "{noun}" in template, "{brand}" in template, "{use}" in template
+
+    def matches(other: Item) -> bool:
+        return ((not named_kind or other.kind is item.kind) and (not named_brand or other.brand == item.brand)
+                and (not named_use or use in other.uses))
+
+    return query.lower(), matches
 
 
 def _chat(rng: random.Random, log: SessionLog, catalog: Catalog, visited: list[Item],
@@ -635,18 +765,182 @@ def _rating(rng: random.Random, shopper: Shopper, item: Item) -> int:
 
 
 def _review_text(rng: random.Random, rating: int, item: Item) -> str:
-    """Sentiment phrases matching the stars, tied to the item by its brand, noun and a feature."""
-    mood = "negative" if rating <= 2 else "neutral" if rating == 3 else "positive"
-    feature = item.features[0] if item.lemon and mood == "negative" else rng.choice(item.features)
-    parts = [rng.choice(REVIEW_OPENERS[mood])]
+    """A review whose gist follows the stars, said the way shoppers say it.
+
+    Five stars mostly praise (sometimes with a nitpick), four praise more mildly and often name
+    what cost the star, three weigh a pro against a con, two complain after a kind word or a
+    disappointed "I wanted to love it", one complains outright or sarcastically. Any of them
+    can be a few words or several sentences, praise and complaints also come negated, and some
+    reviews are typed in lower case or with a typo. Complaints about a lemon name its weak feature.
+    """
+    write = _ReviewWriter(rng, item, lemon=item.lemon)
+    sentences = [write("context")] if rng.random() < 0.35 else []
+    if rng.random() < 0.12:
+        sentences.append(write.verdict(rating))
+    else:
+        sentences.extend(_REVIEW_BODIES[rating](rng, write))
+        if rng.random() < 0.55:
+            sentences.append(write.verdict(rating))
+    text = " ".join(sentences)
+    if rng.random() < REVIEW_LOWERCASE_SHARE:
+        text = text.lower().rstrip(".")
+    if rng.random() < REVIEW_TYPO_SHARE:
+        text = _typo(rng, text)
+    return text
+
+
+class _ReviewWriter:
+    """Fills review sentences with one item's parts, features, noun, brand and uses.
+
+    Parts and features are taken in turn, so one review does not praise and blame the same
+    part, and no sentence is used twice. A lemon's complaints all name its weak first feature.
+    """
+
+    def __init__(self, rng: random.Random, item: Item, lemon: bool) -> None:
+        self.rng = rng
+        self.item = item
+        parts = REVIEW_PARTS[item.category.name]
+        self.parts = rng.sample(parts, len(parts))
+        self.weak_feature = item.features[0] if lemon else None
+        features = [f for f in item.features if f != self.weak_feature]
+        self.features = rng.sample(features, len(features))
+        self.taken = {"part": 0, "feature": 0}
+        self.used: set[str] = set()
+
+    def __call__(self, kind: str) -> str:
+        return self._fill(self._choose(REVIEW_PHRASES[kind]), complaint=kind in COMPLAINT_KINDS)
+
+    def turn(self, turn: str, kind: str) -> str:
+        """A sentence of `kind` led in by one of the turns in `REVIEW_TURNS[turn]`."""
+        return self._fill(self._choose(REVIEW_TURNS[turn]), clause=_lower_first(self(kind)))
+
+    def verdict(self, rating: int) -> str:
+        return self._fill(self._choose(REVIEW_VERDICTS[rating]))
+
+    def pick(self, *kinds: tuple[str, float]) -> str:
+        return self(self.rng.choices([k for k, _ in kinds], [w for _, w in kinds])[0])
+
+    def _choose(self, templates: tuple[str, ...]) -> str:
+        for _ in range(4):
+            template = self.rng.choice(templates)
+            if template not in self.used:
+                break
+        self.used.add(template)
+        return template
+
+    def _next(self, name: str) -> str:
+        values = self.parts if name == "part" else self.features
+        value = values[self.taken[name] % len(values)]
+        self.taken[name] += 1
+        return value
+
+    def _fill(self, template: str, complaint: bool = False, **given: str) -> str:
+        if "{" not in template:
+            return template
+        slots = dict(given, noun=self.item.kind.noun, brand=self.item.brand)
+        slots["use"] = self.rng.choice(self.item.uses) if "{use}" in template else ""
+        slots["part"] = self._next("part") if "{part}" in template else ""
+        if "{feature}" in template:
+            slots["feature"] = self.weak_feature if complaint and self.weak_feature else self._next("feature")
+        text = template.format(**slots)
+        for name in ("part", "feature"):  # "the tuners are", not "the tuners is"
+            value = slots.get(name, "")
+            if value.endswith("s") and not value.endswith("ss"):
+                text = re.sub(rf"\b({re.escape(value)}) ({'|'.join(PLURAL_VERBS)})\b",
+                              lambda m: f"{m.group(1)} {PLURAL_VERBS[m.group(2)]}", text)
+        return text
+
+
+def _five_stars(rng: random.Random, write: _ReviewWriter) -> list[str]:
+    praise = (("praise", 3.0), ("mild_praise", 1.0), ("negated_praise", 1.5))
+    body = [write.turn("won_over", "praise") if rng.random() < 0.1 else write.pick(*praise)]
     if rng.random() < 0.5:
-        parts.append(REVIEW_CONTEXT.format(brand=item.brand, noun=item.kind.noun, use=rng.choice(item.category.uses)))
-    parts.append(rng.choice(REVIEW_REMARKS[mood]).format(feature=feature))
-    if rating in (2, 4) and rng.random() < 0.4:  # mixed feelings
-        parts.append(rng.choice(REVIEW_REMARKS["neutral"]).format(feature=rng.choice(item.features)))
-    if rating in (1, 5) and rng.random() < 0.6:
-        parts.append(rng.choice(REVIEW_CLOSERS[mood]))
-    return " ".join(parts)
+        body.append(write.pick(*praise))
+    if rng.random() < 0.2:
+        body.append(write.turn("nitpick", "mild_complaint"))
+    return body
+
+
+def _four_stars(rng: random.Random, write: _ReviewWriter) -> list[str]:
+    praise = (("mild_praise", 3.0), ("praise", 1.0), ("negated_praise", 1.5))
+    body = [write.turn("won_over", "mild_praise") if rng.random() < 0.1 else write.pick(*praise)]
+    if rng.random() < 0.45:
+        body.append(write.pick(*praise))
+    draw = rng.random()
+    if draw < 0.25:
+        body.append(write.turn("star_off", "mild_complaint"))
+    elif draw < 0.45:
+        body.append(write.turn("contrast", "mild_complaint"))
+    elif draw < 0.55:
+        body.append(write("mild_complaint"))
+    return body
+
+
+def _three_stars(rng: random.Random, write: _ReviewWriter) -> list[str]:
+    draw = rng.random()
+    if draw < 0.45:
+        return [write("mild_praise"), write.turn("contrast", "mild_complaint")]
+    if draw < 0.75:
+        return [write("mild_complaint"), write.turn("contrast", "mild_praise")]
+    return [write("torn"), write.pick(("mild_praise", 1.0), ("mild_complaint", 1.0))]
+
+
+def _two_stars(rng: random.Random, write: _ReviewWriter) -> list[str]:
+    complaint = (("complaint", 2.0), ("mild_complaint", 1.0), ("negated_complaint", 1.5))
+    draw = rng.random()
+    if draw < 0.35:
+        body = [write.turn("wanted_to_love", rng.choice(("complaint", "mild_complaint", "negated_complaint")))]
+    elif draw < 0.6:
+        body = [write("mild_praise"), write.turn("contrast", "complaint")]
+    elif draw < 0.9:
+        body = [write("mild_complaint"), write.pick(*complaint)]
+    else:
+        body = [write("sarcasm")]
+    if rng.random() < 0.3:
+        body.append(write("mild_complaint"))
+    return body
+
+
+def _one_star(rng: random.Random, write: _ReviewWriter) -> list[str]:
+    complaint = (("complaint", 2.0), ("negated_complaint", 1.0))
+    draw = rng.random()
+    if draw < 0.45:
+        body = [write("complaint")]
+    elif draw < 0.7:
+        body = [write("sarcasm")]
+    elif draw < 0.85:
+        body = [write.turn("wanted_to_love", "complaint")]
+    else:
+        body = [write("negated_complaint")]
+    if rng.random() < 0.5:
+        body.append(write.pick(*complaint))
+    return body
+
+
+_REVIEW_BODIES: dict[int, Callable[[random.Random, _ReviewWriter], list[str]]] = {
+    5: _five_stars, 4: _four_stars, 3: _three_stars, 2: _two_stars, 1: _one_star,
+}
+
+
+def _lower_first(sentence: str) -> str:
+    """`The neck...` -> `the neck...` to continue a sentence, leaving `I` and acronyms alone."""
+    first = sentence.split(" ", 1)[0]
+    if first == "I" or first.startswith("I'") or first.isupper():
+        return sentence
+    return sentence[:1].lower() + sentence[1:]
+
+
+def _typo(rng: random.Random, text: str) -> str:
+    """Two neighbouring letters swapped, or one dropped, in one longer word."""
+    words = text.split(" ")
+    candidates = [i for i, w in enumerate(words) if len(w) >= 5 and w.isalpha()]
+    if not candidates:
+        return text
+    i = rng.choice(candidates)
+    word = words[i]
+    at = rng.randrange(1, len(word) - 2)
+    words[i] = word[:at] + word[at + 1] + word[at] + word[at + 2:] if rng.random() < 0.6 else word[:at] + word[at + 1:]
+    return " ".join(words)
 
 
 # --- files -------------------------------------------------------------------------------------------------------
@@ -661,8 +955,9 @@ def _day_lines(events: list[dict], period: Period) -> list[list[str]]:
 
 
 def _json_line(event: dict) -> str:
-    """Contract field order, ISO-8601 UTC timestamps, fields without a value left out."""
+    """Contract fields in order, then any others (attributes); ISO-8601 UTC timestamps; no null values."""
     record = {key: event[key] for key in EVENT_FIELDS if event.get(key) is not None}
+    record.update((key, value) for key, value in event.items() if key not in record and value is not None)
     record["ts"] = _iso(event["ts"])
     return json.dumps(record, ensure_ascii=False)
 
