@@ -1,0 +1,59 @@
+"""The LightFM candidate: batched scores equal LightFM's own predict, epochs chosen on validation."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from assets.lightfm_model import LightFMRecommender, LightFMSettings, feature_matrix
+from assets.recsys_eval import evaluate_candidate, last_days_split, recommend
+
+
+def _shop(users: int = 60, items: int = 40, days: int = 10, seed: int = 3) -> pd.DataFrame:
+    """Two tastes: even users like even items, odd users odd items; some repeats."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(users):
+        for _ in range(12):
+            item = 2 * rng.integers(items // 2) + (u % 2)
+            day = rng.integers(days)
+            rows.append((f"U{u}", f"I{item}", pd.Timestamp("2026-01-01") + pd.Timedelta(days=int(day), hours=12), 1.0))
+    return pd.DataFrame(rows, columns=["user_id", "item_id", "ts", "weight"])
+
+
+def test_scores_are_the_models_predict_by_matrix_product():
+    frame = _shop()
+    model = LightFMRecommender(LightFMSettings(components=8, seeds=(1,), num_threads=1), epochs=5).fit(frame)
+    users = ["U0", "U1", "U7"]
+    scores = model.scores(users)
+    lightfm = model.models[0]
+    for row, user in enumerate(users):
+        u = model.user_index.get_loc(user)
+        expected = lightfm.predict(np.full(len(model.items), u, dtype=np.int32), np.arange(len(model.items), dtype=np.int32),
+                                   user_features=model.user_features, item_features=model.item_features)
+        assert np.allclose(scores[row], expected, atol=1e-4)
+    # an unknown user gets the item biases; several seeds average
+    assert model.scores(["nobody"]).shape == (1, len(model.items))
+    averaged = LightFMRecommender(LightFMSettings(components=8, seeds=(1, 2), num_threads=1), epochs=5).fit(frame)
+    assert averaged.scores(users).shape == scores.shape
+
+
+def test_epochs_chosen_on_an_inner_split_and_tastes_learned():
+    frame = _shop()
+    split = last_days_split(frame, days=2)
+    model = LightFMRecommender(LightFMSettings(components=8, max_epochs=15, patience=3, num_threads=1),
+                               validation=lambda train: last_days_split(train, days=2))
+    result = evaluate_candidate(model, split, 10)
+    assert 1 <= model.epochs <= 15 and len(model.validation_curve) >= min(model.epochs, 15)
+    top = recommend(model, ["U0", "U1"], 5)
+    assert sum(int(i[1:]) % 2 == 0 for i in top["U0"]) >= 4 and sum(int(i[1:]) % 2 == 1 for i in top["U1"]) >= 4
+    assert result["recall@10"] > 0.2
+
+
+def test_side_features_and_settings_are_checked():
+    matrix, names = feature_matrix(["a", "b"], {"a": ["Guitars"], "b": ["Guitars", "Strings"]}, 0.25)
+    assert names == ["a", "b", "Guitars", "Strings"] and matrix.shape == (2, 4)
+    assert matrix.toarray().tolist() == [[1, 0, 0.25, 0], [0, 1, 0.25, 0.25]]
+    with pytest.raises(ValueError, match="loss"):
+        LightFMSettings(loss="hinge")
+    with pytest.raises(ValueError, match="epochs or a validation"):
+        LightFMRecommender().fit(_shop())
