@@ -73,7 +73,9 @@ def run_job(defs: dg.Definitions, name: str, instance: dg.DagsterInstance, tags:
         run_config={**QUIET, **(run_config or {})}, instance=instance, tags=tags or {}, raise_on_error=False
     )
     error = ""
-    failed_checks = [f"{e.asset_key.to_user_string()}: {e.check_name}" for e in result.get_asset_check_evaluations()
+    failed_checks = [f"{e.asset_key.to_user_string()}: {e.check_name}"
+                     + (" (a warning)" if e.severity == dg.AssetCheckSeverity.WARN else "")
+                     for e in result.get_asset_check_evaluations()
                      if not e.passed]
     if not result.success:
         failures = [e for e in result.all_events if e.is_step_failure]

@@ -57,3 +57,22 @@ def test_side_features_and_settings_are_checked():
         LightFMSettings(loss="hinge")
     with pytest.raises(ValueError, match="epochs or a validation"):
         LightFMRecommender().fit(_shop())
+
+
+def test_item_knn_and_a_validated_blend():
+    from assets.blend import Blend, ItemKNN, standardized
+    from assets.recsys_eval import Popularity
+
+    frame = _shop()
+    split = last_days_split(frame, days=2)
+    knn = ItemKNN(half_life_days=30).fit(split.train)
+    top = recommend(knn, ["U0", "U1"], 5)
+    assert all(int(i[1:]) % 2 == 0 for i in top["U0"]) and all(int(i[1:]) % 2 == 1 for i in top["U1"])
+    assert np.allclose(standardized(np.array([[1.0, 2.0, 3.0], [5.0, 5.0, 5.0]]))[1], 0.0)
+
+    blend = Blend([lambda: Popularity(), lambda: ItemKNN(half_life_days=30)],
+                  validation=lambda train: last_days_split(train, days=2))
+    result = evaluate_candidate(blend, split, 10)
+    # co-occurrence carries the tastes here: the weights chosen on the inner split must use it
+    assert blend.weights["item_knn"] > 0 and blend.search
+    assert result["recall@10"] >= evaluate_candidate(Popularity(), split, 10)["recall@10"]
