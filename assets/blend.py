@@ -71,9 +71,11 @@ def standardized(scores: np.ndarray) -> np.ndarray:
 class Blend(Candidate):
     """Sum of standardized member scores with validation-chosen weights."""
 
-    def __init__(self, members: Sequence[Callable[[], Candidate]], validation: Callable[[pd.DataFrame], Split],
+    def __init__(self, members: Sequence[Callable[[], Candidate]],
+                 validation: Callable[[pd.DataFrame], Split | list[Split]],
                  metric: str = "ndcg@10", rounds: int = 2, name: str = "production_blend"):
-        """`members`: factories making fresh, unfitted candidates (fitted once on the inner split, once on all)."""
+        """`members`: factories making fresh, unfitted candidates (fitted on each inner split, then on all).
+        `validation` turns training interactions into one inner split or several (their mean is maximised)."""
         self.factories = list(members)
         self.validation = validation
         self.metric = metric
@@ -104,10 +106,41 @@ class Blend(Candidate):
         return matrices
 
     def _choose_weights(self, train: pd.DataFrame) -> dict[str, float]:
-        inner = self.validation(train)
+        """Coordinate ascent over `WEIGHT_GRID`, scored by the mean metric over the inner split(s)."""
+        inner_splits = self.validation(train)
+        inner_splits = inner_splits if isinstance(inner_splits, list) else [inner_splits]
+        scorers = [self._scorer(inner) for inner in inner_splits]
+        names = self._member_names
+
+        def score(weights: np.ndarray) -> float:
+            return float(np.mean([scorer(weights) for scorer in scorers]))
+
+        count = len(names)
+        singles = [score(np.eye(count)[i]) for i in range(count)]
+        weights = np.eye(count)[int(np.argmax(singles))]
+        best = max(singles)
+        self.search = [{"weights": dict(zip(names, np.eye(count)[i].tolist())), self.metric: s}
+                       for i, s in enumerate(singles)]
+        for _ in range(self.rounds):
+            for i in range(count):
+                for value in WEIGHT_GRID:
+                    trial = weights.copy()
+                    trial[i] = value
+                    if not trial.any():
+                        continue
+                    result = score(trial)
+                    if result > best + 1e-9:
+                        best, weights = result, trial
+                        self.search.append({"weights": dict(zip(names, trial.tolist())), self.metric: result})
+        self.validation_score = best
+        return {name: float(w) for name, w in zip(names, weights)}
+
+    def _scorer(self, inner: Split) -> Callable[[np.ndarray], float]:
+        """Fit fresh members on one inner split; return weights -> the metric on it."""
         members = [factory() for factory in self.factories]
         for member in members:
             member.fit(inner.train)
+        self._member_names = [m.name for m in members]
         items = np.sort(np.unique(np.concatenate([np.asarray(m.items, dtype=object) for m in members])))
         matrices = self._aligned(members, items, inner.users)
         seen = None
@@ -122,29 +155,10 @@ class Blend(Candidate):
             if seen is not None:
                 combined = combined.copy()
                 combined[seen[0], seen[1]] = -np.inf
-            picks = top_k(combined, k)
-            recommended = {u: items[p].tolist() for u, p in zip(inner.users, picks)}
+            recommended = {u: items[p].tolist() for u, p in zip(inner.users, top_k(combined, k))}
             return float(evaluate(recommended, inner, k)[self.metric])
 
-        singles = [score(np.eye(len(members))[i]) for i in range(len(members))]
-        weights = np.eye(len(members))[int(np.argmax(singles))]
-        best = max(singles)
-        self.search = [{"weights": dict(zip((m.name for m in members), np.eye(len(members))[i].tolist())),
-                        self.metric: s} for i, s in enumerate(singles)]
-        for _ in range(self.rounds):
-            for i in range(len(members)):
-                for value in WEIGHT_GRID:
-                    trial = weights.copy()
-                    trial[i] = value
-                    if not trial.any():
-                        continue
-                    result = score(trial)
-                    if result > best + 1e-9:
-                        best, weights = result, trial
-                        self.search.append({"weights": dict(zip((m.name for m in members), trial.tolist())),
-                                            self.metric: result})
-        self.validation_score = best
-        return {m.name: float(w) for m, w in zip(members, weights)}
+        return score
 
     def scores(self, users: Sequence[str]) -> np.ndarray:
         matrices = self._aligned(self.members, self.items, users)
