@@ -13,6 +13,7 @@ from assets.events import validate_events
 from assets.profiles import user_profiles
 from assets.propensity import purchase_propensity
 from assets.raw_events import raw_events
+from assets.recommender_evaluation import recommender_evaluation
 from assets.segments import user_segments
 from assets.summaries import user_summaries
 from assets.text_signals import text_signals
@@ -36,7 +37,7 @@ def build_defs() -> dg.Definitions:
     return dg.Definitions(
         assets=[raw_events, validate_events, items, users, text_embeddings, item_embeddings, behavior_model,
                 text_signals, user_profiles, purchase_propensity, user_summaries,
-                user_segments],
+                user_segments, recommender_evaluation],
         jobs=[events_job, dimensions_job, language_job, training_job, portraits_job],
         sensors=[landing_sensor, automation_sensor],
         # Steps run one after another in the run's own process: the warehouse takes one writer

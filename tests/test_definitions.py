@@ -20,14 +20,15 @@ def test_definitions_load_with_jobs_and_every_asset_described():
     assert {"raw_events", "events", "quarantine", "items", "users"} <= keys
     groups = {"ingest": {"raw_events", "events", "quarantine", "items", "users"},
               "language_model": {"text_embeddings", "item_embeddings", "behavior_model", "text_signals"},
-              "portraits": {"user_profiles", "purchase_propensity", "user_segments", "user_summaries"}}
+              "portraits": {"user_profiles", "purchase_propensity", "user_segments", "user_summaries"},
+              "recommender": {"recommender_evaluation"}}
     assert set().union(*groups.values()) == keys
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
         assert key.to_user_string() in groups[node.group_name], key
         assert node.description, key
         assert node.owners == ["team:portrait"], key
-        assert node.kinds & {"duckdb", "torch"}, key
+        assert node.kinds & {"duckdb", "torch", "lightfm"}, key
     assert graph.get(dg.AssetKey("events")).partitions_def.name == "event_days"
 
 
