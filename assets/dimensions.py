@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import dagster as dg
 import duckdb
 
+from assets.automation import WAREHOUSE_POOL
 from assets.events import register_functions
 from assets.landing_files import LandingFileError, insert_landing_file
 from assets.metadata import markdown_table, query_rows, table_schema
@@ -183,6 +184,7 @@ def _dimension_asset(dimension: Dimension, description: str) -> dg.AssetsDefinit
     name = dimension.name
 
     @dg.asset(name=name, group_name="ingest", kinds={"duckdb"}, owners=["team:portrait"], description=description,
+              pool=WAREHOUSE_POOL,
               check_specs=table_check_specs(name, key=dimension.key))
     def _asset(context: dg.AssetExecutionContext, warehouse: Warehouse, landing: LandingZone):
         try:

@@ -16,7 +16,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from assets.automation import AUTOMATION
+from assets.automation import AUTOMATION, WAREHOUSE_POOL
 from assets.events import register_functions
 from assets.metadata import histogram_markdown, markdown_table, query_rows
 from resources.encoder import TextEncoder
@@ -99,6 +99,7 @@ def insert_vectors(con: duckdb.DuckDBPyConnection, model_id: str, hashes: list[s
 
 
 @dg.asset(
+    pool=WAREHOUSE_POOL,
     automation_condition=AUTOMATION,
     group_name="language_model",
     kinds={"torch", "duckdb"},
@@ -202,6 +203,7 @@ def build_item_embeddings(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
 
 
 @dg.asset(
+    pool=WAREHOUSE_POOL,
     automation_condition=AUTOMATION,
     group_name="language_model",
     kinds={"duckdb"},

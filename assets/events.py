@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import dagster as dg
 import duckdb
 
+from assets.automation import WAREHOUSE_POOL
 from assets.metadata import bar_chart_markdown, markdown_table, query_rows, table_schema
 from assets.partitions import SINGLE_RUN, day_keys, event_days
 from assets.raw_events import RAW_EVENTS_DDL, raw_events
@@ -242,6 +243,7 @@ FROM (
 
 
 @dg.multi_asset(
+    pool=WAREHOUSE_POOL,
     specs=[
         dg.AssetSpec(
             "events", deps=[raw_events], group_name="ingest", kinds={"duckdb"}, owners=["team:portrait"],

@@ -21,7 +21,7 @@ import dagster as dg
 import duckdb
 from pydantic import Field
 
-from assets.automation import AUTOMATION
+from assets.automation import AUTOMATION, WAREHOUSE_POOL
 from assets.metadata import bar_chart_markdown, markdown_table, query_rows
 from assets.profile_state import (
     DAY_SECONDS,
@@ -226,6 +226,7 @@ LEFT JOIN ({users}) u USING (user_id)
 
 
 @dg.asset(
+    pool=WAREHOUSE_POOL,
     automation_condition=AUTOMATION,
     group_name="portraits",
     kinds={"duckdb"},

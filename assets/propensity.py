@@ -27,7 +27,7 @@ from sklearn.metrics import brier_score_loss, roc_auc_score
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from assets.automation import AUTOMATION
+from assets.automation import AUTOMATION, WAREHOUSE_POOL
 from assets.metadata import markdown_table
 from assets.profile_state import fold, table_exists
 from assets.profiles import ProfileConfig, profile_select, user_profiles
@@ -203,6 +203,7 @@ def load_model(store: ModelStore) -> tuple[Pipeline, tuple[str, ...], dict] | No
 
 
 @dg.asset(
+    pool=WAREHOUSE_POOL,
     automation_condition=AUTOMATION,
     group_name="portraits",
     kinds={"scikit-learn", "duckdb"},

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 import duckdb
 
+from assets.automation import WAREHOUSE_POOL
 from assets.landing_files import LandingFileError, insert_landing_file
 from assets.metadata import markdown_table
 from assets.partitions import SINGLE_RUN, day_keys, event_days
@@ -74,6 +75,7 @@ def _insert_file(con: duckdb.DuckDBPyConnection, path, name: str, day: str) -> i
 
 
 @dg.asset(
+    pool=WAREHOUSE_POOL,
     partitions_def=event_days,
     backfill_policy=SINGLE_RUN,
     group_name="ingest",

@@ -13,6 +13,7 @@ import duckdb
 import pandas as pd
 from pydantic import Field
 
+from assets.automation import WAREHOUSE_POOL
 from assets.blend import Blend, ItemKNN
 from assets.lightfm_model import LightFMRecommender, LightFMSettings
 from assets.metadata import bar_chart_markdown, markdown_table
@@ -80,6 +81,7 @@ def candidates(config: EvaluationConfig, categories: dict[str, list[str]]) -> li
 
 
 @dg.asset(
+    pool=WAREHOUSE_POOL,
     group_name="recommender",
     kinds={"lightfm", "duckdb"},
     owners=["team:portrait"],

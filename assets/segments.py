@@ -35,7 +35,7 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import silhouette_score
 from sklearn.neighbors import KNeighborsClassifier
 
-from assets.automation import AUTOMATION
+from assets.automation import AUTOMATION, WAREHOUSE_POOL
 from assets.metadata import bar_chart_markdown, markdown_table, query_rows, scatter_markdown
 from resources.warehouse import Warehouse
 
@@ -601,6 +601,7 @@ def map_points(matrix: np.ndarray, limit: int = 5_000, seed: int = 7) -> tuple[n
 
 
 @dg.asset(
+    pool=WAREHOUSE_POOL,
     automation_condition=AUTOMATION,
     group_name="portraits",
     kinds={"scikit-learn", "duckdb"},

@@ -20,7 +20,7 @@ import dagster as dg
 import duckdb
 import pyarrow as pa
 
-from assets.automation import AUTOMATION
+from assets.automation import AUTOMATION, WAREHOUSE_POOL
 from resources.text_generator import TextGenerator, message_prompt, summary_prompt
 from resources.torch_device import TorchDevice
 from resources.warehouse import Warehouse
@@ -403,6 +403,7 @@ def write_summaries(con: duckdb.DuckDBPyConnection, table: pa.Table) -> None:
 
 
 @dg.asset(
+    pool=WAREHOUSE_POOL,
     automation_condition=AUTOMATION,
     group_name="portraits",
     kinds={"duckdb", "python"},

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from assets.automation import AUTOMATION
+from assets.automation import AUTOMATION, WAREHOUSE_POOL
 from assets.behavior_model import LABELS, BehaviorModelConfig, predict_logits
 from assets.embeddings import TEXT_SOURCES_SQL, text_embeddings
 from assets.events import register_functions
@@ -158,6 +158,7 @@ def _previous_sentiment(con: duckdb.DuckDBPyConnection, version: str) -> dict[st
 
 
 @dg.asset(
+    pool=WAREHOUSE_POOL,
     automation_condition=AUTOMATION,
     group_name="language_model",
     kinds={"torch", "duckdb"},
