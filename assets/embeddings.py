@@ -21,7 +21,7 @@ from assets.events import register_functions
 from assets.metadata import histogram_markdown, markdown_table, query_rows
 from resources.encoder import TextEncoder
 from resources.torch_device import TorchDevice
-from resources.warehouse import Warehouse
+from resources.warehouse import Warehouse, table_exists, vector_dimension
 
 CHUNK_TEXTS = 2_000
 
@@ -41,11 +41,8 @@ SELECT DISTINCT text, kind FROM (
 
 def ensure_table(con: duckdb.DuckDBPyConnection, dimension: int) -> None:
     """`text_embeddings` with a fixed-size FLOAT[dimension] vector; recreated if the size changed."""
-    exists = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'text_embeddings'").fetchone()[0]
-    if exists:
-        current = con.execute("SELECT data_type FROM information_schema.columns "
-                              "WHERE table_name = 'text_embeddings' AND column_name = 'vector'").fetchone()[0]
-        if current == f"FLOAT[{dimension}]":
+    if table_exists(con, "text_embeddings"):
+        if vector_dimension(con, "text_embeddings") == dimension:
             return
         con.execute("DROP TABLE text_embeddings")
     con.execute(f"""
@@ -165,8 +162,7 @@ def build_item_embeddings(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     """
     register_functions(con)
     model_id = con.execute("SELECT any_value(model_id) FROM text_embeddings").fetchone()[0]
-    dimension = int(con.execute("SELECT data_type FROM information_schema.columns WHERE table_name = "
-                                "'text_embeddings' AND column_name = 'vector'").fetchone()[0][6:-1])
+    dimension = vector_dimension(con, "text_embeddings")
     con.execute(ITEM_EMBEDDINGS_DDL.format(dimension=dimension))
     con.execute("""
         INSERT INTO item_embeddings

@@ -20,6 +20,8 @@ import numpy as np
 import pyarrow as pa
 import scipy.sparse as sparse
 
+from resources.warehouse import table_exists, vector_dimension
+
 EVENT_TYPES = ("view", "click", "add_to_cart", "favorite", "purchase", "review", "rating", "search", "chat")
 DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
     "view": 1.0, "click": 1.0, "favorite": 3.0, "add_to_cart": 4.0, "purchase": 6.0,
@@ -43,17 +45,11 @@ class DecaySettings:
             raise ValueError("half-lives must be positive numbers of days")
 
 
-def table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
-    return bool(con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [name]).fetchall()[0][0])
-
-
 def embedding_dimension(con: duckdb.DuckDBPyConnection) -> int:
     """The encoder's vector size, read from the stored vectors (384 when nothing is embedded yet)."""
     for table in ("item_embeddings", "text_embeddings"):
-        row = next(iter(con.execute("SELECT data_type FROM information_schema.columns WHERE table_name = ? "
-                                    "AND column_name = 'vector'", [table]).fetchall()), None)
-        if row:
-            return int(row[0].split("[")[-1].rstrip("]"))
+        if dimension := vector_dimension(con, table):
+            return dimension
     return DEFAULT_DIMENSION
 
 

@@ -31,9 +31,8 @@ from assets.profile_state import (
     embedding_dimension,
     ensure_state,
     fold,
-    table_exists,
 )
-from resources.warehouse import Warehouse
+from resources.warehouse import Warehouse, table_exists
 
 PREFIX = "profile"
 #: sentiment below -0.2 is negative, above 0.2 positive (scores run from -1 to 1)

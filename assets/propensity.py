@@ -29,10 +29,10 @@ from sklearn.preprocessing import StandardScaler
 
 from assets.automation import AUTOMATION, WAREHOUSE_POOL
 from assets.metadata import markdown_table
-from assets.profile_state import fold, table_exists
+from assets.profile_state import fold
 from assets.profiles import ProfileConfig, profile_select, user_profiles
 from resources.model_store import ModelStore
-from resources.warehouse import Warehouse
+from resources.warehouse import Warehouse, table_exists
 
 MODEL_NAME = "purchase_propensity"
 COUNTS = ("events", "n_view", "n_click", "n_add_to_cart", "n_favorite", "n_purchase", "n_review", "n_search", "n_chat")

@@ -29,7 +29,7 @@ from assets.stopwords import STOP_WORDS
 from resources.encoder import LoadedEncoder, TextEncoder
 from resources.model_store import ModelStore
 from resources.torch_device import TorchDevice
-from resources.warehouse import Warehouse
+from resources.warehouse import Warehouse, table_exists
 
 SENTIMENT_KINDS = ("review", "review_summary", "chat")
 INTENT_KINDS = ("search", "chat")
@@ -150,8 +150,7 @@ def _previous_keywords(con: duckdb.DuckDBPyConnection, encoder_id: str) -> dict[
 
 
 def _previous_sentiment(con: duckdb.DuckDBPyConnection, version: str) -> dict[str, tuple[str, float]]:
-    exists = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'text_signals'").fetchone()[0]
-    if not exists:
+    if not table_exists(con, "text_signals"):
         return {}
     return {h: (label, score) for h, label, score in con.execute(
         "SELECT text_hash, sentiment, sentiment_score FROM text_signals WHERE sentiment_model = ?", [version]).fetchall()}

@@ -120,12 +120,13 @@ def _run(args: argparse.Namespace) -> int:
 def _has_events() -> bool:
     import duckdb
 
+    from resources.warehouse import table_exists
+
     path = warehouse_path()
     if not path.exists():
         return False
     with duckdb.connect(str(path), read_only=True) as con:
-        return bool(con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'events'")
-                    .fetchone()[0] and con.execute("SELECT count(*) FROM events").fetchone()[0])
+        return table_exists(con, "events") and bool(con.execute("SELECT count(*) FROM events").fetchone()[0])
 
 
 def _print_summary() -> None:

@@ -3,9 +3,10 @@
 import duckdb
 import pandas as pd
 
-from assets.profile_state import DAY_SECONDS, table_exists
+from assets.profile_state import DAY_SECONDS
 from assets.propensity import contributions, features, load_model
 from resources.model_store import ModelStore
+from resources.warehouse import table_exists
 
 EVIDENCE_PER_INTEREST = 3
 

@@ -59,3 +59,17 @@ class Warehouse(dg.ConfigurableResource):
                     raise
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
+
+
+def table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    """Whether a table (not a view) of that name exists, temporary tables included."""
+    return bool(con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [name]).fetchall()[0][0])
+
+
+def vector_dimension(con: duckdb.DuckDBPyConnection, table: str, column: str = "vector") -> int | None:
+    """The size of a fixed-size array column (`FLOAT[384]` -> 384), or None when there is none."""
+    rows = con.execute("SELECT data_type FROM information_schema.columns WHERE table_name = ? AND column_name = ?",
+                       [table, column]).fetchall()
+    if not rows or not rows[0][0].endswith("]"):
+        return None
+    return int(rows[0][0].rsplit("[", 1)[1].rstrip("]"))

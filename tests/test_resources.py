@@ -79,3 +79,18 @@ def test_model_store_publishes_atomically_and_keeps_versions(tmp_path):
     assert second != first and store.latest("m") == first
     store.publish("m", second)
     assert store.latest("m") == second and store.read_card(first) == {"f1": 0.5}
+
+
+def test_table_facts_tables_and_vector_sizes():
+    import duckdb
+
+    from resources.warehouse import table_exists, vector_dimension
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE t (vector FLOAT[384], other INTEGER)")
+    con.execute("CREATE VIEW v AS SELECT * FROM t")
+    con.execute("CREATE TEMP TABLE scratch (x INTEGER)")
+    assert table_exists(con, "t") and table_exists(con, "scratch")
+    assert not table_exists(con, "v") and not table_exists(con, "missing")
+    assert vector_dimension(con, "t") == 384
+    assert vector_dimension(con, "t", "other") is None and vector_dimension(con, "missing") is None
