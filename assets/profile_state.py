@@ -86,8 +86,15 @@ def ensure_state(con: duckdb.DuckDBPyConnection, prefix: str, dimension: int, te
         )""")
 
 
-def _decay(to: str, since: str, half_life_days: float) -> str:
+def decay_sql(to: str, since: str, half_life_days: float) -> str:
+    """SQL for 2^-((to - since) / half-life): the factor an event at `since` weighs at `to`."""
     return f"pow(2.0, -(epoch({to}) - epoch({since})) / {half_life_days * DAY_SECONDS!r})"
+
+
+def weight_sql(column: str, weights: dict[str, float]) -> str:
+    """SQL for the weight of the event type in `column` (0 for a type without one)."""
+    cases = " ".join(f"WHEN '{t}' THEN {float(weights.get(t, DEFAULT_EVENT_WEIGHTS[t]))!r}" for t in EVENT_TYPES)
+    return f"CASE {column} {cases} ELSE 0.0 END"
 
 
 def _signals_sql(con: duckdb.DuckDBPyConnection) -> str:
@@ -100,8 +107,6 @@ def _signals_sql(con: duckdb.DuckDBPyConnection) -> str:
 def _stage_events(con: duckdb.DuckDBPyConnection, source_sql: str, prefix: str, settings: DecaySettings) -> int:
     """`_ev`: the new events with their weight, sign, sentiment, category, brand, keywords,
     intent and decay factors to their user's new reference time (`_ref`)."""
-    weights = " ".join(f"WHEN '{t}' THEN {float(settings.event_weights.get(t, DEFAULT_EVENT_WEIGHTS[t]))!r}"
-                       for t in EVENT_TYPES)
     items = ("SELECT item_id, categories[1] AS category, brand FROM items" if table_exists(con, "items") else
              "SELECT NULL::VARCHAR AS item_id, NULL::VARCHAR AS category, NULL::VARCHAR AS brand WHERE false")
     con.execute(f"""
@@ -109,7 +114,7 @@ def _stage_events(con: duckdb.DuckDBPyConnection, source_sql: str, prefix: str, 
         SELECT e.user_id, e.event_type, e.ts, e.event_date, e.item_id, e.price, e.quantity,
                CASE WHEN e.text IS NOT NULL THEN md5(e.text) END AS text_hash,
                i.category, i.brand,
-               CASE e.event_type {weights} ELSE 0.0 END AS w,
+               {weight_sql("e.event_type", settings.event_weights)} AS w,
                CASE e.event_type
                    WHEN 'review' THEN coalesce(s.sentiment_score, (e.rating - 3) / 2, 1.0)
                    WHEN 'rating' THEN coalesce((e.rating - 3) / 2, 0.0)
@@ -125,15 +130,15 @@ def _stage_events(con: duckdb.DuckDBPyConnection, source_sql: str, prefix: str, 
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ref AS
         SELECT n.user_id, o.ref_ts AS old_ref, greatest(n.max_ts, o.ref_ts) AS new_ref,
-               coalesce({_decay('greatest(n.max_ts, o.ref_ts)', 'o.ref_ts', settings.half_life_days)}, 1.0) AS k,
-               coalesce({_decay('greatest(n.max_ts, o.ref_ts)', 'o.ref_ts', settings.trend_half_life_days)}, 1.0) AS k_trend
+               coalesce({decay_sql('greatest(n.max_ts, o.ref_ts)', 'o.ref_ts', settings.half_life_days)}, 1.0) AS k,
+               coalesce({decay_sql('greatest(n.max_ts, o.ref_ts)', 'o.ref_ts', settings.trend_half_life_days)}, 1.0) AS k_trend
         FROM (SELECT user_id, max(ts) AS max_ts FROM _ev_raw GROUP BY 1) n
         LEFT JOIN {prefix}_state o USING (user_id)
     """)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ev AS
-        SELECT e.*, {_decay('r.new_ref', 'e.ts', settings.half_life_days)} AS d,
-               {_decay('r.new_ref', 'e.ts', settings.trend_half_life_days)} AS d_trend
+        SELECT e.*, {decay_sql('r.new_ref', 'e.ts', settings.half_life_days)} AS d,
+               {decay_sql('r.new_ref', 'e.ts', settings.trend_half_life_days)} AS d_trend
         FROM _ev_raw e JOIN _ref r USING (user_id)
     """)
     con.execute("DROP TABLE _ev_raw")

@@ -27,13 +27,12 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sparse
 
-from assets.profile_state import EVENT_TYPES
+from assets.profile_state import DEFAULT_EVENT_WEIGHTS, EVENT_TYPES
 
-#: Weight of each event type in `interactions`. `search` and `chat` carry no item and are
-#: left out; a purchase says more about taste than a view, a cart or review nearly as much.
-DEFAULT_WEIGHTS: dict[str, float] = {
-    "view": 1.0, "click": 1.0, "favorite": 3.0, "add_to_cart": 4.0, "purchase": 6.0, "review": 5.0, "rating": 5.0,
-}
+#: Weight of each event type in `interactions`: the portraits' weights (a purchase says more
+#: about taste than a view, a cart or review nearly as much); `search` and `chat` carry no
+#: item and are left out.
+DEFAULT_WEIGHTS: dict[str, float] = {t: w for t, w in DEFAULT_EVENT_WEIGHTS.items() if t not in ("search", "chat")}
 #: A cold user has fewer than this many training interactions.
 COLD_USER_INTERACTIONS = 3
 #: Score cells computed at once by `recommend` and the AUC (32 MB of float64).

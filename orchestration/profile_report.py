@@ -3,7 +3,7 @@
 import duckdb
 import pandas as pd
 
-from assets.profile_state import DAY_SECONDS
+from assets.profile_state import decay_sql, weight_sql
 from assets.propensity import contributions, features, load_model
 from resources.model_store import ModelStore
 from resources.warehouse import table_exists
@@ -40,11 +40,9 @@ def _evidence(con: duckdb.DuckDBPyConnection, user_id: str, kind: str, term: str
               weights: dict[str, float]) -> list[tuple]:
     """The user's events that weigh most in one category or brand, with their decayed weight."""
     column = "categories[1]" if kind == "category" else "brand"
-    cases = " ".join(f"WHEN '{t}' THEN {float(w)!r}" for t, w in weights.items())
+    decay = decay_sql("(SELECT as_of FROM profile_meta)", "e.ts", half_life_days)
     return con.execute(f"""
-        SELECT e.ts, e.event_type, e.item_id, i.title,
-               (CASE e.event_type {cases} ELSE 0 END)
-               * pow(2.0, -(epoch((SELECT as_of FROM profile_meta)) - epoch(e.ts)) / {half_life_days * DAY_SECONDS!r}) AS weight
+        SELECT e.ts, e.event_type, e.item_id, i.title, {weight_sql("e.event_type", weights)} * {decay} AS weight
         FROM events e JOIN items i USING (item_id)
         WHERE e.user_id = ? AND i.{column} = ?
         ORDER BY weight DESC, e.ts DESC LIMIT {EVIDENCE_PER_INTEREST}""", [user_id, term]).fetchall()

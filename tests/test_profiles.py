@@ -151,3 +151,20 @@ def test_asset_materializes_with_metadata(tmp_path):
     metadata = result.asset_materializations_for_node("user_profiles")[0].metadata
     assert metadata["dagster/row_count"].value == 2 and metadata["mode"].value == "full"
     assert "data:image/png;base64" in metadata["lifecycle_chart"].value
+
+
+def test_profile_command_prints_and_explains(home, capsys):
+    day = timedelta(days=1)
+    con = _events_warehouse(home / "warehouse.duckdb", [
+        ("A", "purchase", AS_OF - 30 * day, "G1", None, None, 1500.0),
+        ("A", "view", AS_OF, "S1", None, None, None),
+    ])
+    update_profiles(con, ProfileConfig())
+    con.close()
+    assert main(["profile", "A", "--explain"]) == 0
+    out = capsys.readouterr().out
+    assert "lifecycle          active" in out and "Guitars (75%)" in out
+    # the purchase weighs 6 halved once (30 days, one half-life): 3.00
+    assert "category Guitars (75% of the user's category weight)" in out and "purchase    G1 Guitar one (weight 3.00)" in out
+    assert main(["profile", "nobody"]) == 2
+    assert "no portrait for user 'nobody'" in capsys.readouterr().err
