@@ -19,7 +19,6 @@ The functions beside the asset need neither Dagster nor a warehouse: `build_feat
 and `segment_users`, which runs them all on a profiles frame.
 """
 
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Literal
@@ -37,7 +36,8 @@ from sklearn.neighbors import KNeighborsClassifier
 
 from assets.automation import AUTOMATION, WAREHOUSE_POOL
 from assets.metadata import bar_chart_markdown, markdown_table, query_rows, scatter_markdown
-from resources.warehouse import Warehouse
+from assets.profile_state import matrix
+from resources.warehouse import Warehouse, vector_dimension
 
 OTHER = "other"
 OTHER_ID = 0
@@ -504,29 +504,26 @@ def segment_users(profiles: pd.DataFrame, interest: np.ndarray | None = None, ha
 
 def read_profiles(con: duckdb.DuckDBPyConnection) -> tuple[pd.DataFrame, np.ndarray | None, np.ndarray | None]:
     """`user_profiles` ordered by user_id: the scalar columns segmentation reads (a column the view lacks
-    reads as NULL), the interest vectors (users x dimension, zeros where NULL) and which users have one."""
+    reads as NULL), the interest vectors (users x dimension, zeros where NULL) and which users have one.
+    One query: `user_profiles` is a view, computed afresh by every read."""
     types = dict(con.execute("SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ?",
                              [PROFILES]).fetchall())
     if not types:
         raise dg.Failure(f"table {PROFILES} not found in the warehouse: materialize {PROFILES} first")
+    dimension = vector_dimension(con, PROFILES, "interest") if "interest" in types else None
+    if "interest" in types and not dimension:
+        raise dg.Failure(f"{PROFILES}.interest is {types['interest']}, not a fixed-size vector such as FLOAT[384]")
     select = ", ".join(f'"{c}"' if c in types else f'NULL AS "{c}"' for c in PROFILE_COLUMNS)
-    profiles = con.execute(f"SELECT {select} FROM {PROFILES} ORDER BY user_id").df()
-    if "interest" not in types:
-        return profiles, None, None
-    has = np.asarray([bool(r[0]) for r in con.execute(
-        f"SELECT interest IS NOT NULL FROM {PROFILES} ORDER BY user_id").fetchall()], dtype=bool)
+    table = con.sql(f"SELECT {select}{', interest' if dimension else ''} FROM {PROFILES} ORDER BY user_id") \
+        .to_arrow_table()
+    if not dimension:
+        return table.to_pandas(), None, None
+    column = table.column("interest")
+    profiles = table.drop_columns(["interest"]).to_pandas()
+    has = column.is_valid().to_numpy(zero_copy_only=False)
     if not has.any():
         return profiles, None, None
-    column = con.sql(f"SELECT interest FROM {PROFILES} WHERE interest IS NOT NULL ORDER BY user_id") \
-        .to_arrow_table().column(0).combine_chunks()
-    flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    declared = re.search(r"\[(\d+)\]$", types["interest"])
-    dimension = int(declared.group(1)) if declared else len(flat) // len(column)
-    if dimension == 0 or len(flat) != dimension * len(column):
-        raise dg.Failure(f"{PROFILES}.interest vectors do not all have {dimension} values ({types['interest']})")
-    interest = np.zeros((len(profiles), dimension), dtype=np.float32)
-    interest[has] = flat.reshape(len(column), dimension)
-    return profiles, interest, has
+    return profiles, matrix(column, dimension).astype(np.float32), has
 
 
 def write_segments(con: duckdb.DuckDBPyConnection, result: Segmentation) -> None:
