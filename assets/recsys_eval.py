@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sparse
 
-from assets.profile_state import DEFAULT_EVENT_WEIGHTS, EVENT_TYPES
+from assets.profile_state import DEFAULT_EVENT_WEIGHTS, EVENT_TYPES, matrix
+from resources.warehouse import vector_dimension
 
 #: Weight of each event type in `interactions`: the portraits' weights (a purchase says more
 #: about taste than a view, a cart or review nearly as much); `search` and `chat` carry no
@@ -520,8 +521,8 @@ def item_embedding_vectors(con: duckdb.DuckDBPyConnection) -> tuple[list[str], n
     """Item ids and vectors of the warehouse's `item_embeddings` (made from review texts
     where the shop has no catalogue text: on a time split, texts written after the cut
     leak into them; build training-only vectors for an honest number)."""
-    rows = con.execute("SELECT item_id, vector FROM item_embeddings ORDER BY item_id").fetchall()
-    return [r[0] for r in rows], np.asarray([r[1] for r in rows], dtype=float).reshape(len(rows), -1)
+    table = con.sql("SELECT item_id, vector FROM item_embeddings ORDER BY item_id").to_arrow_table()
+    return table.column(0).to_pylist(), matrix(table.column(1), vector_dimension(con, "item_embeddings"))
 
 
 def category_vectors(con: duckdb.DuckDBPyConnection) -> tuple[list[str], sparse.csr_matrix]:

@@ -384,3 +384,15 @@ def test_taobao_last_day_reference_numbers(home):
     # only a candidate that scores items nobody touched in training reaches cold items
     assert results["content_similarity"]["cold_item_recall@10"] > 0
     assert results["popularity"]["cold_item_recall@10"] == 0
+
+
+def test_item_embedding_vectors_read_in_item_order():
+    import duckdb
+
+    from assets.recsys_eval import item_embedding_vectors
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE item_embeddings AS SELECT * FROM (VALUES ('b', [0.0, 1.0]::FLOAT[2]), "
+                "('a', [1.0, 0.5]::FLOAT[2])) t(item_id, vector)")
+    ids, vectors = item_embedding_vectors(con)
+    assert ids == ["a", "b"] and vectors.tolist() == [[1.0, 0.5], [0.0, 1.0]]
