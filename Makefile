@@ -7,7 +7,7 @@ export PORTRAIT_HOME ?= $(CURDIR)/.portrait
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test test-fast ui bench clean
+.PHONY: install browser redis demo test test-fast ui screenshots bench clean
 
 install: $(STAMP)
 
@@ -23,7 +23,20 @@ demo: install
 	$(BIN)/portrait import demo
 	$(BIN)/portrait run --train --train-epochs 3
 
-test: install
+# The UI test drives the system's Chromium (Debian's `chromium` package, never a downloaded
+# browser). Installing it needs root; without it the test fails and says how to install it.
+browser:
+	@test -n "$$PORTRAIT_CHROMIUM" || command -v chromium >/dev/null 2>&1 || \
+	  (DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) || \
+	  echo "Chromium is missing and could not be installed here: run 'sudo apt-get install -y chromium'"
+
+# The Celery test starts its own broker from Debian's `redis-server` package, on loopback only.
+redis:
+	@command -v redis-server >/dev/null 2>&1 || \
+	  (DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) || \
+	  echo "redis-server is missing and could not be installed here: run 'sudo apt-get install -y redis-server'"
+
+test: install browser redis
 	$(BIN)/python -m pytest -q
 
 test-fast: install
@@ -32,11 +45,13 @@ test-fast: install
 ui: install
 	$(BIN)/portrait ui
 
+# Re-takes docs/screenshots/*.png with the UI test.
+screenshots: install browser
+	PORTRAIT_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -q tests/test_ui.py
+
+# Every benchmark, then bench/results/README.md; the scale run is separate: python -m bench.scale
 bench: install
-	$(BIN)/python -m bench.ingest
-	$(BIN)/python -m bench.encode
-	$(BIN)/python -m bench.profiles
-	$(BIN)/python -m bench.freshness
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) .portrait

@@ -39,7 +39,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import classification_report, confusion_matrix, f1_score
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
 
-from assets.automation import GPU_POOL
+from assets.automation import GPU_POOL, TORCH_OP_TAGS
 from assets.metadata import bar_chart_markdown, markdown_table
 from resources.encoder import LoadedEncoder, TextEncoder
 from resources.model_store import ModelStore
@@ -411,6 +411,7 @@ def save_model(result: FineTuneResult, folder: Path) -> None:
 
 @dg.asset(
     pool=GPU_POOL,
+    op_tags=TORCH_OP_TAGS,
     name=MODEL_NAME,
     group_name="language_model",
     kinds={"torch", "duckdb"},

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import dagster as dg
 import duckdb
 
-from assets.automation import WAREHOUSE_POOL
+from assets.automation import LANDING_RETRY, WAREHOUSE_POOL
 from assets.events import register_functions
 from assets.landing_files import LandingFileError, insert_landing_file
 from assets.metadata import markdown_table, query_rows, table_schema
@@ -184,6 +184,7 @@ def _dimension_asset(dimension: Dimension, description: str) -> dg.AssetsDefinit
     name = dimension.name
 
     @dg.asset(name=name, group_name="ingest", kinds={"duckdb"}, owners=["team:portrait"], description=description,
+              retry_policy=LANDING_RETRY,
               pool=WAREHOUSE_POOL,
               check_specs=table_check_specs(name, key=dimension.key))
     def _asset(context: dg.AssetExecutionContext, warehouse: Warehouse, landing: LandingZone):
@@ -191,7 +192,7 @@ def _dimension_asset(dimension: Dimension, description: str) -> dg.AssetsDefinit
             with warehouse.transaction() as con:
                 load = load_dimension(con, landing, dimension, context.run.run_id)
         except LandingFileError as error:
-            raise dg.Failure(str(error)) from error
+            raise dg.Failure(str(error), allow_retries=error.transient) from error
         for ignored in load.ignored_files:
             context.log.warning(f"ignored {ignored}: not a .jsonl, .ndjson, .csv or .parquet file (optionally .gz)")
         with warehouse.connect() as con:

@@ -16,7 +16,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from assets.automation import AUTOMATION, WAREHOUSE_POOL
+from assets.automation import AUTOMATION, TORCH_OP_TAGS, WAREHOUSE_POOL
 from assets.events import register_functions
 from assets.metadata import histogram_markdown, markdown_table, query_rows
 from resources.encoder import TextEncoder
@@ -102,6 +102,7 @@ def insert_vectors(con: duckdb.DuckDBPyConnection, model_id: str, hashes: list[s
     kinds={"torch", "duckdb"},
     owners=["team:portrait"],
     deps=["events", "items"],
+    op_tags=TORCH_OP_TAGS,
 )
 def text_embeddings(context: dg.AssetExecutionContext, warehouse: Warehouse, device: TorchDevice,
                     encoder: TextEncoder) -> dg.MaterializeResult:

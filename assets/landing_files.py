@@ -30,7 +30,14 @@ csv.field_size_limit(1 << 30)
 
 
 class LandingFileError(Exception):
-    """A landing file that cannot be read at all. Its message names the file and what to do."""
+    """A landing file that cannot be read at all. Its message names the file and what to do.
+
+    `transient`: an operating-system error (a share or mount failing for a moment) that a
+    retry may get past; a corrupt file (bad gzip, truncated Parquet) will fail again."""
+
+    def __init__(self, message: str, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
 
 
 def insert_landing_file(con: duckdb.DuckDBPyConnection, path: Path, insert_sql: str,
@@ -75,7 +82,8 @@ def read_landing_file(path: Path) -> Iterator[pa.Table]:
         if isinstance(error, FileNotFoundError):
             raise
         raise LandingFileError(
-            f"cannot read landing file {path}: {error}. Fix or remove the file, then re-run the partition."
+            f"cannot read landing file {path}: {error}. Fix or remove the file, then re-run the partition.",
+            transient=isinstance(error, OSError) and not isinstance(error, gzip.BadGzipFile),
         ) from error
 
 

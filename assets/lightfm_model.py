@@ -59,14 +59,17 @@ class LightFMRecommender(Candidate):
     """LightFM with the harness's candidate interface (`fit`, `scores`, `seen`, `items`).
 
     `item_features` / `user_features` (id -> feature names, e.g. categories or embedding
-    clusters) make it hybrid; without them it learns from ids alone. With `validation` (a
+    clusters) make it hybrid; without them it learns from ids alone. `user_features` may be a
+    function of the training interactions (features drawn from a user's history must come
+    from the interactions the model is fitted on, or validation splits leak). With `validation` (a
     function turning training interactions into an inner `Split`, the same protocol as the
     test), the epoch count is chosen on that split by `metric` with early stopping, then the
     model is refitted on all training interactions for that many epochs.
     """
 
     def __init__(self, settings: LightFMSettings | None = None, item_features: dict[str, list[str]] | None = None,
-                 user_features: dict[str, list[str]] | None = None, name: str | None = None,
+                 user_features: dict[str, list[str]] | Callable[[pd.DataFrame], dict[str, list[str]]] | None = None,
+                 name: str | None = None,
                  catalogue: Sequence[str] | None = None, epochs: int | None = None,
                  validation: Callable[[pd.DataFrame], Split] | None = None, metric: str = "ndcg@10") -> None:
         self.settings = settings or LightFMSettings()
@@ -78,6 +81,10 @@ class LightFMRecommender(Candidate):
         self.validation = validation
         self.metric = metric
         self.validation_curve: list[float] = []
+
+    def __getstate__(self) -> dict:
+        """A fitted model pickles without its validation function and training matrices."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("validation", "_interactions")}
 
     def _catalogue(self, train: pd.DataFrame) -> np.ndarray:
         return self.catalogue if self.catalogue is not None else super()._catalogue(train)
@@ -93,7 +100,8 @@ class LightFMRecommender(Candidate):
                                          shape=(len(self.user_index), len(self.items)))
         interactions.sum_duplicates()
         self.item_features, _ = feature_matrix(list(self.items), self.item_side, self.settings.feature_weight)
-        self.user_features, _ = feature_matrix(list(self.user_index), self.user_side, self.settings.feature_weight)
+        users = self.user_side(train) if callable(self.user_side) else self.user_side
+        self.user_features, _ = feature_matrix(list(self.user_index), users, self.settings.feature_weight)
         binary = interactions.copy()
         binary.data = np.ones_like(binary.data)
         s = self.settings

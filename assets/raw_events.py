@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 import duckdb
 
-from assets.automation import WAREHOUSE_POOL
+from assets.automation import LANDING_RETRY, WAREHOUSE_POOL
 from assets.landing_files import LandingFileError, insert_landing_file
 from assets.metadata import markdown_table
 from assets.partitions import SINGLE_RUN, day_keys, event_days
@@ -76,6 +76,7 @@ def _insert_file(con: duckdb.DuckDBPyConnection, path, name: str, day: str) -> i
 
 @dg.asset(
     pool=WAREHOUSE_POOL,
+    retry_policy=LANDING_RETRY,
     partitions_def=event_days,
     backfill_policy=SINGLE_RUN,
     group_name="ingest",
@@ -97,7 +98,7 @@ def raw_events(context: dg.AssetExecutionContext, warehouse: Warehouse, landing:
                                   {"record": "record IS NULL", "line_no": "line_no IS NULL"}, key="source_file, line_no",
                                   scope="event_date IN (SELECT unnest(?::DATE[]))", scope_params=[days])
     except LandingFileError as error:
-        raise dg.Failure(str(error)) from error
+        raise dg.Failure(str(error), allow_retries=error.transient) from error
     for name in load.ignored_files:
         context.log.warning(f"ignored {name}: not a .jsonl, .ndjson, .csv or .parquet file (optionally .gz)")
     for name in load.vanished_files:

@@ -1,83 +1,74 @@
 """`recommender_evaluation`: every candidate through the one harness, on the shop's own data.
 
-The baselines (popularity, recent popularity, the user's own items, item co-occurrence),
-LightFM on ids and hybrid (item categories as side features), and the validated blend are
-fitted on the same split and scored by the same metrics (assets/recsys_eval.py). Each run
-appends its rows to `recommender_evaluations`, so a regression shows next to earlier runs.
+The fixed baselines and the production blend (assets/recommender_recipe.py) are fitted on
+the same split and scored by the same metrics (assets/recsys_eval.py). Side features and
+content vectors are computed as of the split's cut, so nothing written after it leaks in.
+Each run appends its rows, with the config, to `recommender_evaluations`: a regression
+shows next to earlier runs, and `lightfm_model` trains exactly the recipe evaluated last.
 """
 
-from typing import Literal
+import json
 
 import dagster as dg
 import duckdb
 import pandas as pd
-from pydantic import Field
 
 from assets.automation import WAREHOUSE_POOL
-from assets.blend import Blend, ItemKNN
-from assets.lightfm_model import LightFMRecommender, LightFMSettings
+from assets.blend import Blend
 from assets.metadata import bar_chart_markdown, markdown_table
-from assets.recsys_eval import (
-    OwnRecentItems,
-    Popularity,
-    RecentPopularity,
-    Split,
-    best_baseline,
-    evaluate_candidates,
-    interactions,
-    last_days_split,
-    results_table,
-    stratified_random_split,
-    time_split,
-)
+from assets.recommender_recipe import PRODUCTION, RecommenderConfig, baselines, content_vectors, make_split, production
+from assets.recsys_dataset import UserFeatures, dataset_config, demographics, item_features, read_dataset
+from assets.recsys_eval import Split, best_baseline, evaluate_candidates, results_table
 from resources.warehouse import Warehouse
 
-BASELINES = ("popularity", "recent_popularity", "own_items", "item_knn")
+EVALUATIONS = "recommender_evaluations"
 
 
-class EvaluationConfig(dg.Config):
-    protocol: Literal["time", "last_days", "stratified"] = Field(
-        default="time", description="time: a global cut at `quantile`; last_days: the last `days` as test; "
-                                    "stratified: a per-user random 75/25 split")
-    quantile: float = Field(default=0.9, description="time protocol: where the cut falls in event time")
-    new_items_only: bool = Field(default=True, description="time protocol: relevant = items new to the user")
-    days: int = Field(default=1, description="last_days protocol: days held out")
-    utc_offset_hours: float = Field(default=0.0, description="last_days protocol: the shop's day boundary")
-    recent_days: int = Field(default=30, description="window of the recent-popularity baseline")
-    half_life_days: float = Field(default=7.0, description="decay of own-items and co-occurrence histories")
-    k: int = Field(default=10, description="metrics at k")
-    seeds: int = Field(default=3, description="LightFM seeds averaged")
+def evaluate_recipe(con: duckdb.DuckDBPyConnection, config: RecommenderConfig
+                    ) -> tuple[Split, dict[str, dict], Blend]:
+    """Split the dataset, build features as of the cut (with the dataset's settings), and
+    evaluate the baselines and the blend; return the split, the results and the fitted blend."""
+    df, _, _ = read_dataset(con)
+    settings = dataset_config(con)
+    split = make_split(df, config)
+    items = item_features(con, settings.embedding_clusters, split.cut)
+    users = UserFeatures(items, demographics(con), settings.user_top_categories)
+    vectors = content_vectors(con, split.cut)
+    catalogue = sorted(set(items) | set(split.train["item_id"]))
+    blend = production(config, items, users, vectors, catalogue)
+    return split, evaluate_candidates(baselines(config, vectors) + [blend], split, config.k), blend
 
 
-def make_split(df: pd.DataFrame, config: EvaluationConfig) -> Split:
-    if config.protocol == "time":
-        return time_split(df, config.quantile, config.new_items_only)
-    if config.protocol == "last_days":
-        return last_days_split(df, config.days, repeats=True, utc_offset_hours=config.utc_offset_hours)
-    return stratified_random_split(df)
+def append_results(con: duckdb.DuckDBPyConnection, results: dict[str, dict], split: Split, config: RecommenderConfig) -> None:
+    """Append one row per candidate (metrics at k, the protocol and the config as JSON)."""
+    k = config.k
+    metrics = (f"recall@{k}", f"ndcg@{k}", f"precision@{k}", f"map@{k}", f"hit_rate@{k}", "auc", "coverage",
+               "novelty", "seconds")
+    frame = pd.DataFrame([{"candidate": name, "protocol": split.name, "k": k, **{m: r.get(m) for m in metrics},
+                           "baseline": name != PRODUCTION, "recipe": json.dumps(config.model_dump())}
+                          for name, r in results.items()])
+    frame.columns = [c.split("@")[0] for c in frame.columns]
+    con.register("_results", frame)
+    con.execute(f"CREATE TABLE IF NOT EXISTS {EVALUATIONS} AS SELECT now()::TIMESTAMP AS evaluated_at, "
+                "* FROM _results WHERE false")
+    # tables from before the recipe was recorded get the new columns
+    con.execute(f"ALTER TABLE {EVALUATIONS} ADD COLUMN IF NOT EXISTS baseline BOOLEAN")
+    con.execute(f"ALTER TABLE {EVALUATIONS} ADD COLUMN IF NOT EXISTS recipe VARCHAR")
+    con.execute(f"INSERT INTO {EVALUATIONS} BY NAME SELECT now()::TIMESTAMP AS evaluated_at, * FROM _results")
+    con.unregister("_results")
 
 
-def item_categories(con: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
-    rows = con.execute("SELECT item_id, list(DISTINCT 'category:' || c) FROM items, unnest(categories) AS t(c) "
-                       "WHERE c IS NOT NULL GROUP BY item_id").fetchall()
-    return {item: features for item, features in rows}
-
-
-def candidates(config: EvaluationConfig, categories: dict[str, list[str]]) -> list:
-    """Factories of every candidate, the blend last (it refits the others on inner splits)."""
-    inner = lambda train: make_split(train, config)  # noqa: E731 - the same protocol inside training
-    settings = LightFMSettings(seeds=tuple(range(1, config.seeds + 1)))
-    members = [
-        lambda: Popularity(),
-        lambda: RecentPopularity(days=config.recent_days),
-        lambda: OwnRecentItems(half_life_days=config.half_life_days),
-        lambda: ItemKNN(half_life_days=config.half_life_days),
-        lambda: LightFMRecommender(settings, validation=inner, name="lightfm_ids"),
-    ]
-    if categories:
-        members.append(lambda: LightFMRecommender(settings, item_features=categories, validation=inner,
-                                                  name="lightfm_hybrid"))
-    return [factory() for factory in members] + [Blend(members, validation=inner)]
+def verdict(results: dict[str, dict], k: int) -> dict:
+    """The production blend against the best baseline on recall and NDCG at k."""
+    found = {}
+    base = {name: r for name, r in results.items() if name != PRODUCTION}
+    for metric in (f"recall@{k}", f"ndcg@{k}"):
+        name, value = best_baseline(base, metric)
+        ours = float(results[PRODUCTION][metric])
+        found[metric] = {"production": ours, "best_baseline": name, "baseline": value,
+                         "ratio": round(ours / value, 3) if value else None}
+    found["passed"] = all(found[m]["production"] > found[m]["baseline"] for m in (f"recall@{k}", f"ndcg@{k}"))
+    return found
 
 
 @dg.asset(
@@ -85,44 +76,32 @@ def candidates(config: EvaluationConfig, categories: dict[str, list[str]]) -> li
     group_name="recommender",
     kinds={"lightfm", "duckdb"},
     owners=["team:portrait"],
-    deps=["events", "items"],
+    deps=["recsys_dataset"],
 )
-def recommender_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig,
+def recommender_evaluation(context: dg.AssetExecutionContext, config: RecommenderConfig,
                            warehouse: Warehouse) -> dg.MaterializeResult:
-    """Baselines, LightFM (ids and hybrid) and the validated blend on one split with one set of
-    metrics; appended to `recommender_evaluations` so earlier runs stay visible."""
+    """The fixed baselines and the production blend on one split with one set of metrics;
+    appended to `recommender_evaluations` so earlier runs stay visible."""
     with warehouse.connect() as con:
-        df = interactions(con)
-        categories = item_categories(con)
-    split = make_split(df, config)
+        split, results, blend = evaluate_recipe(con, config)
     context.log.info(split.describe())
-    results = evaluate_candidates(candidates(config, categories), split, config.k)
-    rows = results_table(results)
-    recall, ndcg = f"recall@{config.k}", f"ndcg@{config.k}"
-    baselines = {name: r for name, r in results.items() if name.startswith(BASELINES)}
-    best_recall = best_baseline(baselines, recall)
-    best_ndcg = best_baseline(baselines, ndcg)
-    production = results["production_blend"]
-    frame = pd.DataFrame([{"candidate": name, "protocol": split.name, "k": config.k, **{
-        m: r.get(m) for m in (recall, ndcg, f"precision@{config.k}", f"map@{config.k}", f"hit_rate@{config.k}",
-                              "auc", "coverage", "novelty", "seconds")}} for name, r in results.items()])
-    frame.columns = [c.split("@")[0] for c in frame.columns]
     with warehouse.transaction() as con:
-        con.register("_results", frame)
-        con.execute("CREATE TABLE IF NOT EXISTS recommender_evaluations AS SELECT now()::TIMESTAMP AS evaluated_at, "
-                    "* FROM _results WHERE false")
-        con.execute("INSERT INTO recommender_evaluations SELECT now()::TIMESTAMP, * FROM _results")
-        con.unregister("_results")
+        append_results(con, results, split, config)
+    k = config.k
+    recall, ndcg = f"recall@{k}", f"ndcg@{k}"
+    outcome = verdict(results, k)
     names = list(results)
     return dg.MaterializeResult(metadata={
         "split": split.describe(),
-        "results": dg.MetadataValue.md(markdown_table(rows, max_rows=20)),
-        "recall_chart": bar_chart_markdown(names, [results[n][recall] or 0.0 for n in names], f"Recall@{config.k}"),
-        "ndcg_chart": bar_chart_markdown(names, [results[n][ndcg] or 0.0 for n in names], f"NDCG@{config.k}"),
-        "best_baseline_recall": f"{best_recall[0]} {best_recall[1]:.4f}",
-        "best_baseline_ndcg": f"{best_ndcg[0]} {best_ndcg[1]:.4f}",
-        "production_recall": production[recall],
-        "production_ndcg": production[ndcg],
-        "production_vs_best_recall": round(production[recall] / best_recall[1], 3) if best_recall[1] else None,
-        "production_vs_best_ndcg": round(production[ndcg] / best_ndcg[1], 3) if best_ndcg[1] else None,
+        "results": dg.MetadataValue.md(markdown_table(results_table(results), max_rows=20)),
+        "recall_chart": bar_chart_markdown(names, [results[n][recall] or 0.0 for n in names], f"Recall@{k}"),
+        "ndcg_chart": bar_chart_markdown(names, [results[n][ndcg] or 0.0 for n in names], f"NDCG@{k}"),
+        "best_baseline_recall": f"{outcome[recall]['best_baseline']} {outcome[recall]['baseline']:.4f}",
+        "best_baseline_ndcg": f"{outcome[ndcg]['best_baseline']} {outcome[ndcg]['baseline']:.4f}",
+        "production_recall": outcome[recall]["production"],
+        "production_ndcg": outcome[ndcg]["production"],
+        "production_vs_best_recall": outcome[recall]["ratio"],
+        "production_vs_best_ndcg": outcome[ndcg]["ratio"],
+        "production_beats_baselines": outcome["passed"],
+        "blend_weights": dg.MetadataValue.json(blend.weights),
     })

@@ -20,7 +20,7 @@ import dagster as dg
 import duckdb
 import pyarrow as pa
 
-from assets.automation import AUTOMATION, WAREHOUSE_POOL
+from assets.automation import AUTOMATION, TORCH_OP_TAGS, WAREHOUSE_POOL
 from resources.text_generator import TextGenerator, message_prompt, summary_prompt
 from resources.torch_device import TorchDevice
 from resources.warehouse import Warehouse
@@ -411,6 +411,7 @@ def write_summaries(con: duckdb.DuckDBPyConnection, table: pa.Table) -> None:
     # segments and propensity are optional inputs: listed so a run of the portraits group writes summaries
     # after them; materializing `user_summaries` alone still works without them
     deps=["user_profiles", "user_segments", "purchase_propensity"],
+    op_tags=TORCH_OP_TAGS,
 )
 def user_summaries(context: dg.AssetExecutionContext, warehouse: Warehouse, generator: TextGenerator,
                    device: TorchDevice) -> dg.MaterializeResult:

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from assets.automation import AUTOMATION, WAREHOUSE_POOL
+from assets.automation import AUTOMATION, TORCH_OP_TAGS, WAREHOUSE_POOL
 from assets.behavior_model import LABELS, BehaviorModelConfig, predict_logits
 from assets.embeddings import TEXT_SOURCES_SQL, text_embeddings
 from assets.events import register_functions
@@ -163,6 +163,7 @@ def _previous_sentiment(con: duckdb.DuckDBPyConnection, version: str) -> dict[st
     kinds={"torch", "duckdb"},
     owners=["team:portrait"],
     deps=[text_embeddings, "behavior_model"],
+    op_tags=TORCH_OP_TAGS,
 )
 def text_signals(context: dg.AssetExecutionContext, warehouse: Warehouse, device: TorchDevice, encoder: TextEncoder,
                  model_store: ModelStore) -> dg.MaterializeResult:

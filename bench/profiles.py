@@ -32,8 +32,13 @@ CATEGORIES = ["Guitars", "Bass", "Drums", "Keyboards", "Microphones", "Amplifier
 DIMENSION = 384
 
 
-def generate(path: Path, users: int, items: int, events: int, days: int, seed: int = 1) -> None:
-    """Events in sessions, with power-law user and item activity and a real shop's mix of event types."""
+def generate(path: Path, users: int, items: int, events: int, days: int, seed: int = 1, texts: bool = False) -> None:
+    """Events in sessions, with power-law user and item activity and a real shop's mix of event types.
+
+    With `texts`, 3% of events become searches with a query (drawn from a few thousand, as a
+    shop's queries repeat) and every review carries a written text (nearly all distinct), so
+    the language-model stage has a realistic amount of text to encode.
+    """
     con = duckdb.connect(str(path))
     con.execute(f"SELECT setseed({1 / (seed + 1)})")
     categories = "[" + ", ".join(f"'{c}'" for c in CATEGORIES) + "]"
@@ -44,6 +49,7 @@ def generate(path: Path, users: int, items: int, events: int, days: int, seed: i
                'Brand' || (hash(i * 3) % 200) AS brand,
                round(5 + 995 * pow(random(), 2), 2) AS price, NULL::VARCHAR AS description, NULL::JSON AS attributes
         FROM range({items}) t(i)""")
+    search, item_of_search, text = ("", "WHEN true THEN", "NULL::VARCHAR") if not texts else _text_sql()
     # events come in sessions (a user, a day, 1-11 events, 6 on average), as in a real shop's
     # logs; every user has at least one session, the busiest many
     con.execute(f"""
@@ -60,12 +66,12 @@ def generate(path: Path, users: int, items: int, events: int, days: int, seed: i
             LIMIT {events}
         )
         SELECT 'e' || i AS event_id, event_date, user_id,
-               CASE WHEN r < 0.60 THEN 'view' WHEN r < 0.75 THEN 'click' WHEN r < 0.83 THEN 'add_to_cart'
+               CASE {search} WHEN r < 0.60 THEN 'view' WHEN r < 0.75 THEN 'click' WHEN r < 0.83 THEN 'add_to_cart'
                     WHEN r < 0.87 THEN 'favorite' WHEN r < 0.92 THEN 'purchase' WHEN r < 0.95 THEN 'review'
                     ELSE 'rating' END AS event_type,
                event_date + to_seconds(least(second, 86399)) AS ts,
-               'I' || floor({items} * pow(v, 1.8))::BIGINT AS item_id,
-               NULL::VARCHAR AS text, CASE WHEN r >= 0.92 THEN 1 + floor(5 * x)::INT END::DOUBLE AS rating,
+               CASE {item_of_search} 'I' || floor({items} * pow(v, 1.8))::BIGINT END AS item_id,
+               {text} AS text, CASE WHEN r >= 0.92 THEN 1 + floor(5 * x)::INT END::DOUBLE AS rating,
                NULL::DOUBLE AS price, 1 AS quantity, NULL::VARCHAR AS session_id, NULL::JSON AS attributes,
                'bench.jsonl' AS source_file, i AS line_no
         FROM raw""")
@@ -82,6 +88,37 @@ def generate(path: Path, users: int, items: int, events: int, days: int, seed: i
     con.execute("CREATE TABLE ingest_stats AS SELECT 'events' AS source, event_date::VARCHAR AS partition_key, "
                 "'bench' AS run_id FROM events GROUP BY event_date")
     con.close()
+
+
+def _text_sql() -> tuple[str, str, str]:
+    """SQL pieces for `generate(texts=True)`: the search branch of the event type, the item
+    id's guard (searches carry none) and the text: a query from category, brand and
+    modifier words, or a review of five word slots whose tone follows its rating."""
+    words = {
+        "good": ["great", "solid", "excellent", "lovely", "reliable", "superb", "sturdy", "fantastic"],
+        "bad": ["flimsy", "noisy", "disappointing", "cheap-feeling", "fragile", "awkward", "poor", "faulty"],
+        "thing": ["sound", "build", "finish", "tone", "setup", "packaging", "value", "feel", "cable", "case"],
+        "verb": ["arrived quickly", "works as described", "broke after a week", "needed adjusting",
+                 "beats my old one", "matches the photos", "took ages to ship", "fits my studio"],
+        "close": ["Would buy again.", "Not worth the price.", "My kids love it.", "Returned it.",
+                  "Recommended for beginners.", "Fine for gigs.", "Five stars from me.", "Support was helpful."],
+        "modifier": ["cheap", "best", "beginner", "professional", "used", "wireless", "black", "vintage", "small",
+                     "studio", "portable", "electric", "acoustic", "sale", "gift", "set", "kit", "case", "stand",
+                     "strings"],
+    }
+    lists = {k: "[" + ", ".join("'" + w.replace("'", "''") + "'" for w in v) + "]" for k, v in words.items()}
+    categories = "[" + ", ".join(f"'{c.lower()}'" for c in CATEGORIES) + "]"
+
+    def pick(name: str) -> str:
+        return f"{lists[name]}[1 + floor(random() * {len(words[name])})::INT]"
+
+    query = (f"CASE WHEN x < 0.5 THEN {categories}[1 + floor(random() * {len(CATEGORIES)})::INT] || ' ' || "
+             f"{pick('modifier')} ELSE 'brand' || floor(200 * pow(random(), 2))::INT || ' ' || {pick('modifier')} END")
+    review = (f"'The ' || {pick('thing')} || ' is ' || CASE WHEN x >= 0.6 THEN {pick('good')} ELSE {pick('bad')} END "
+              f"|| ' and it ' || {pick('verb')} || '. ' || {pick('close')} || ' (' || {pick('thing')} || ', "
+              f"' || {pick('modifier')} || ')'")
+    text = f"CASE WHEN r < 0.03 THEN {query} WHEN r >= 0.92 AND r < 0.95 THEN {review} END"
+    return "WHEN r < 0.03 THEN 'search'", "WHEN r >= 0.03 THEN", text
 
 
 def max_difference(a: duckdb.DuckDBPyConnection, b: duckdb.DuckDBPyConnection) -> float:

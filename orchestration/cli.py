@@ -38,6 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--train-epochs", type=int, help="at most this many epochs (default 3)")
     run.add_argument("--ingest-only", action="store_true", help="stop after ingestion")
 
+    backfill = commands.add_parser("backfill", help="queue a backfill of event days for the daemon (`make ui`)")
+    backfill.add_argument("--start", required=True, help="first day, YYYY-MM-DD")
+    backfill.add_argument("--end", required=True, help="last day, YYYY-MM-DD")
+    backfill.add_argument("--wait", type=float, metavar="SECONDS",
+                          help="wait up to this long for the backfill to finish; exit 1 unless it succeeded")
+
     forget = commands.add_parser("forget", help="erase a user from the landing zone and the warehouse")
     forget.add_argument("user", help="the user id, as in the landing files")
     forget.add_argument("--reason", help="why (kept in erasure_audit; e-mails and phone numbers are masked)")
@@ -47,6 +53,16 @@ def main(argv: list[str] | None = None) -> int:
     profile.add_argument("--explain", action="store_true",
                          help="list the events behind each top interest and the features behind the propensity")
 
+    recommend = commands.add_parser("recommend", help="print a user's recommendations with their reasons")
+    recommend.add_argument("user")
+    recommend.add_argument("-n", type=int, default=10, help="how many (default 10)")
+    recommend.add_argument("--explain", action="store_true", help="show each blend member's share of the scores")
+
+    search = commands.add_parser("search", help="search the catalogue, re-ranked with a user's portrait")
+    search.add_argument("query")
+    search.add_argument("--user", help="re-rank for this user (default: the plain ranking)")
+    search.add_argument("-n", type=int, default=10, help="how many results (default 10)")
+
     audience = commands.add_parser("audience", help="list the users whose profile matches a predicate, as CSV")
     audience.add_argument("--where", required=True, metavar="PREDICATE",
                           help="e.g. \"lifecycle = 'active' AND monetary > 100\" (grammar in docs/segments.md)")
@@ -55,11 +71,17 @@ def main(argv: list[str] | None = None) -> int:
     ui = commands.add_parser("ui", help="start the Dagster UI on 127.0.0.1")
     ui.add_argument("--port", type=int, default=3000)
 
+    serve = commands.add_parser("serve", help="serve profiles, recommendations and search as JSON (the published "
+                                              "snapshot, never the live warehouse)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+
     args = parser.parse_args(argv)
     if args.home:
         os.environ["PORTRAIT_HOME"] = str(Path(args.home).resolve())
-    return {"import": _import, "run": _run, "forget": _forget, "profile": _profile, "audience": _audience,
-            "ui": _ui}[args.command](args)
+    handlers = {"import": _import, "run": _run, "backfill": _backfill, "forget": _forget, "profile": _profile,
+                "recommend": _recommend, "search": _search, "audience": _audience, "ui": _ui, "serve": _serve}
+    return handlers[args.command](args)
 
 
 def _import(args: argparse.Namespace) -> int:
@@ -114,6 +136,32 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{len(failed)} run(s) failed; open the UI (`make ui`) and look at Runs for the full logs.")
         return 1
     print("Open the UI with `make ui`, then http://127.0.0.1:3000 (Assets, Runs, the asset graph).")
+    return 0
+
+
+def _backfill(args: argparse.Namespace) -> int:
+    ensure_dagster_home()
+    import dagster as dg
+    from dagster._core.execution.backfill import BulkActionStatus
+
+    from orchestration.backfill import launch_backfill, wait_for_backfill
+    from orchestration.definitions import build_defs
+
+    with dg.DagsterInstance.get() as instance:
+        try:
+            backfill_id = launch_backfill(build_defs(), instance, LandingZone(root=str(landing_path())),
+                                          args.start, args.end)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        print(f"backfill {backfill_id} queued; the daemon runs it (`make ui` starts one): "
+              f"http://127.0.0.1:3000/runs/b/{backfill_id}")
+        if args.wait is None:
+            return 0
+        status = wait_for_backfill(instance, backfill_id, args.wait)
+    if status not in (BulkActionStatus.COMPLETED_SUCCESS, BulkActionStatus.COMPLETED):
+        print(f"backfill {backfill_id} ended {status.value.lower()}: look at its runs in the UI", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -177,6 +225,29 @@ def _profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recommend(args: argparse.Namespace) -> int:
+    import duckdb
+
+    from orchestration.recommend_report import NoRecommendations, describe
+    from resources.home import models_path
+    from resources.model_store import ModelStore
+
+    path = warehouse_path()
+    if not path.exists():
+        print(f"error: no warehouse at {path}; run `portrait import` and `portrait run` first", file=sys.stderr)
+        return 2
+    if args.n < 1:
+        print("error: -n must be at least 1", file=sys.stderr)
+        return 2
+    with duckdb.connect(str(path), read_only=True) as con:
+        try:
+            print(describe(con, args.user, args.n, args.explain, ModelStore(root=str(models_path()))))
+        except NoRecommendations as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+    return 0
+
+
 def _audience(args: argparse.Namespace) -> int:
     from orchestration.audience import select_audience, write_user_ids
 
@@ -187,6 +258,58 @@ def _audience(args: argparse.Namespace) -> int:
         return 2
     write_user_ids(user_ids, Path(args.out) if args.out else None)
     print(f"{len(user_ids):,} users" + (f" written to {args.out}" if args.out else ""), file=sys.stderr)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from orchestration.serve import serve
+
+    return serve(args.host, args.port)
+
+
+def _search(args: argparse.Namespace) -> int:
+    import duckdb
+    from transformers.utils import logging as transformers_logging
+
+    from assets.search import INDEX_NAME, Searcher, query_terms
+    from resources.encoder import TextEncoder
+    from resources.home import models_path
+    from resources.model_store import ModelStore
+    from resources.torch_device import TorchDevice
+
+    path = warehouse_path()
+    if not path.exists():
+        print(f"error: no warehouse at {path}; run `portrait import` and `portrait run` first", file=sys.stderr)
+        return 2
+    folder = ModelStore(root=str(models_path())).latest(INDEX_NAME)
+    if folder is None:
+        print("error: no search index is published yet; run `portrait run` (or materialize search_index in the UI)",
+              file=sys.stderr)
+        return 2
+    transformers_logging.disable_progress_bar()
+    try:
+        query_terms(args.query)  # a blank query fails before the encoder loads
+        device = TorchDevice(device=os.environ.get("PORTRAIT_DEVICE", "auto"),
+                             precision=os.environ.get("PORTRAIT_PRECISION", "auto"))
+        searcher = Searcher.load(folder, TextEncoder().load(device))
+        with duckdb.connect(str(path), read_only=True) as con:
+            user = args.user
+            if user is not None and not con.execute("SELECT count(*) FROM information_schema.tables "
+                                                    "WHERE table_name = 'user_profiles'").fetchall()[0][0]:
+                print("no portraits yet (run `portrait run`): the plain ranking", file=sys.stderr)
+                user = None
+            results = searcher.search(con, args.query, user, args.n)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if user is not None and not results.attrs["personalized"]:
+        print(f"no portrait for user {user!r}: the plain ranking", file=sys.stderr)
+    if results.empty:
+        print(f"nothing found for {args.query!r}")
+        return 0
+    for row in results.itertuples():
+        title = (row.title or "")[:48]
+        print(f"{row.rank:>3}  {row.item_id:<10} {title:<48} {row.score:6.3f}  {row.reason}")
     return 0
 
 

@@ -6,7 +6,8 @@ the way it always does, by re-ingesting the affected days (and the dimensions) a
 Dagster runs; ingestion replaces a day whole, so raw_events, events, quarantine and
 ingest_stats end exactly as if the user had never existed. Derived tables are not
 re-derived: their rows of the user are deleted, in one transaction with the audit row.
-See docs/privacy.md.
+Where the API has a published snapshot, a fresh one is published from the cleaned
+warehouse and every older one deleted. See docs/privacy.md.
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ from typing import TYPE_CHECKING
 
 import duckdb
 
-from resources.home import ensure_dagster_home, landing_path, portrait_home, warehouse_path
+from resources.home import ensure_dagster_home, landing_path, models_path, portrait_home, serving_path, warehouse_path
 from resources.landing import DAY_FOLDER, LandingZone, is_readable
+from resources.model_store import ModelStore
+from resources.snapshots import SnapshotStore, user_rows
 from resources.warehouse import Warehouse
 
 if TYPE_CHECKING:
@@ -46,7 +49,8 @@ CREATE TABLE IF NOT EXISTS {AUDIT_TABLE} (
     reason VARCHAR,                    -- the operator's words, e-mails, phones and the id masked
     landing_rows_removed BIGINT NOT NULL,
     rows_by_table JSON NOT NULL,       -- table -> rows of the user deleted or no longer present
-    runs VARCHAR[] NOT NULL            -- the Dagster runs that re-ingested the cleaned files
+    runs VARCHAR[] NOT NULL,           -- the Dagster runs that re-ingested the cleaned files
+    serving JSON                       -- the serving snapshot republished without the user; NULL if none existed
 )
 """
 #: Tables that hold user ids in a column not named `user_id` (table -> column). Every table
@@ -454,7 +458,8 @@ def record_erasure(con: duckdb.DuckDBPyConnection, hashed: str, reason: str | No
                    rows_by_table: dict[str, int], runs: list[str]) -> None:
     """The audit row: who (as a salted hash), why (masked), what was removed, and by which runs."""
     con.execute(ERASURE_AUDIT_DDL)
-    con.execute(f"INSERT INTO {AUDIT_TABLE} VALUES (current_timestamp::TIMESTAMP, ?, ?, ?, ?::JSON, ?)",
+    con.execute(f"ALTER TABLE {AUDIT_TABLE} ADD COLUMN IF NOT EXISTS serving JSON")  # audit tables made before serving
+    con.execute(f"INSERT INTO {AUDIT_TABLE} VALUES (current_timestamp::TIMESTAMP, ?, ?, ?, ?::JSON, ?, NULL)",
                 [hashed, reason, landing_rows, json.dumps(rows_by_table, sort_keys=True), runs])
 
 
@@ -478,6 +483,9 @@ def forget(user_id: str, reason: str | None = None, report: Callable[[str], None
     has_warehouse = Path(warehouse.path).exists()
 
     scan = scan_landing(landing, matcher)
+    snapshots = SnapshotStore(root=str(serving_path()))
+    published = snapshots.current()
+    serving_before = user_rows(published, user_id) if published else {}
     before: dict[str, int] = {}
     ingested: set[str] = set()
     holding: set[str] = set()
@@ -489,8 +497,10 @@ def forget(user_id: str, reason: str | None = None, report: Callable[[str], None
             ingested, holding = warehouse_days(con, matcher)
             dims_hold = dimensions_hold_user(con, matcher)
             tables = _tables(con)
-    # raw records only mentioning the id (another user's message quoting it) do not make a user known
-    if not scan.rows and not any(n for t, n in before.items() if t not in RECORD_TABLES):
+    # raw records only mentioning the id (another user's message quoting it) do not make a user known;
+    # a user left only in the serving snapshot (a republication that failed) is known
+    if not scan.rows and not any(n for t, n in before.items() if t not in RECORD_TABLES) \
+            and not any(serving_before.values()):
         print(f"error: user {user_id} is in no landing file and no warehouse table; nothing was changed"
               + _earlier_erasure(warehouse, has_warehouse, user_id), file=sys.stderr)
         for name in scan.unreadable_mentions:
@@ -543,6 +553,16 @@ def forget(user_id: str, reason: str | None = None, report: Callable[[str], None
             report(f"  {table}: {rows:,} {how}")
     for table, rows in left.items():  # raw rows of other users that merely quote the id
         report(f"  note: {table} still has {rows:,} row(s) of other users that mention the id")
+    if published is not None:
+        try:
+            serving = republish_serving(snapshots, warehouse, hashed, serving_before)
+        except (OSError, duckdb.Error) as error:
+            report(f"  FAILED to republish the serving snapshot ({error}): the warehouse is clean, but the API's "
+                   "snapshot still holds the user. Fix the cause, then run `portrait forget` again.")
+            return 1
+        report(f"  serving: published snapshot {serving['snapshot']} without the user (the one before held "
+               f"{sum(serving['rows'].values()):,} row(s) of the user); deleted {len(serving['deleted'])} "
+               "older snapshot(s)")
     report(f"Done: {landing_rows:,} landing row(s) removed, {len(outcomes)} run(s); "
            f"recorded in {AUDIT_TABLE} as user_hash {hashed}")
     if scan.broken:  # the user may still be in them: not a clean finish
@@ -550,6 +570,21 @@ def forget(user_id: str, reason: str | None = None, report: Callable[[str], None
                "then run `portrait forget` again")
         return 1
     return 0
+
+
+def republish_serving(snapshots: SnapshotStore, warehouse: Warehouse, hashed: str,
+                      rows_before: dict[str, int]) -> dict:
+    """Publish a snapshot of the cleaned warehouse and delete every other one (the previous one
+    too: it still holds the user); record it on the erasure's audit row, and return what was recorded."""
+    with warehouse.connect(read_only=True) as con:
+        publication = snapshots.publish(con, ModelStore(root=str(models_path())).latest("search_index"),
+                                        source_run=None, published_by="portrait forget", keep_previous=False)
+    serving = {"snapshot": publication.snapshot.stamp, "rows": rows_before, "deleted": publication.deleted}
+    with warehouse.connect() as con:
+        con.execute(f"UPDATE {AUDIT_TABLE} SET serving = ?::JSON WHERE user_hash = ? "
+                    f"AND erased_at = (SELECT max(erased_at) FROM {AUDIT_TABLE} WHERE user_hash = ?)",
+                    [json.dumps(serving, sort_keys=True), hashed, hashed])
+    return serving
 
 
 def reingest(days: list[str], dimensions: bool, hashed: str, report: Callable[[str], None]) -> list[RunOutcome]:

@@ -1,4 +1,5 @@
-"""Jobs: ingestion of event days, the dimension tables, the language-model stage, training, portraits."""
+"""Jobs: ingestion of event days, the dimension tables, the language-model stage, training, portraits,
+the serving snapshot."""
 
 import dagster as dg
 
@@ -28,6 +29,27 @@ training_job = dg.define_asset_job(
 
 portraits_job = dg.define_asset_job(
     "build_portraits",
-    selection=dg.AssetSelection.groups("portraits"),
-    description="Update portraits for users with new events, then propensity, segments and summaries.",
+    selection=dg.AssetSelection.groups("portraits") | dg.AssetSelection.assets("search_index"),
+    description="Update portraits for users with new events, then propensity, segments and summaries; rebuild "
+                "the search index.",
+)
+
+serving_job = dg.define_asset_job(
+    "publish_serving",
+    selection=dg.AssetSelection.assets("serving_snapshot"),
+    description="Copy the serving tables into a new read-only snapshot and point the API at it.",
+)
+
+recommender_job = dg.define_asset_job(
+    "train_recommender",
+    selection=dg.AssetSelection.assets("recsys_dataset", "recommender_evaluation", "lightfm_model"),
+    description="Rebuild the recommender's dataset, evaluate the baselines and the production blend, and retrain "
+                "it; the new model is published only if its blocking check passes.",
+)
+
+recommendations_job = dg.define_asset_job(
+    "recommend",
+    selection=dg.AssetSelection.assets("recommendations"),
+    description="Rewrite every user's recommendations with the published model (kept apart from training, so "
+                "a model refused by its check still leaves fresh recommendations from the previous one).",
 )

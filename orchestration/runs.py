@@ -114,7 +114,8 @@ def _reported(outcome: RunOutcome, report: Callable[[str], None]) -> RunOutcome:
 def build_downstream(defs: dg.Definitions, instance: dg.DagsterInstance, training: dict | None,
                      report: Callable[[str], None] = print) -> list[RunOutcome]:
     """Train the behaviour model when `training` (its config) is given, then embed texts,
-    rebuild item vectors and text signals, and update the portraits."""
+    rebuild item vectors and text signals, update the portraits, retrain the recommender and
+    rewrite recommendations, and publish the serving snapshot."""
     outcomes = []
     if training is not None:
         config = {"ops": {"behavior_model": {"config": training}}}
@@ -122,4 +123,11 @@ def build_downstream(defs: dg.Definitions, instance: dg.DagsterInstance, trainin
     outcomes.append(_reported(run_job(defs, "build_language_model", instance), report))
     if outcomes[-1].success:
         outcomes.append(_reported(run_job(defs, "build_portraits", instance), report))
+    if outcomes[-1].success:
+        outcomes.append(_reported(run_job(defs, "train_recommender", instance), report))
+    if outcomes[-1].success or outcomes[-1].refused:
+        outcomes.append(_reported(run_job(defs, "recommend", instance), report))
+    # last, so the API switches to everything built above at once; after a failure it keeps the previous snapshot
+    if all(o.success or o.refused for o in outcomes):
+        outcomes.append(_reported(run_job(defs, "publish_serving", instance), report))
     return outcomes

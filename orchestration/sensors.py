@@ -8,8 +8,9 @@
   file is processed once and a rewritten file again.
 - Everything after ingestion follows by declarative automation (`assets.automation.AUTOMATION`,
   an eager condition on each downstream asset) evaluated by `portrait_automation`.
-- Fine-tuning the behaviour model is heavy: it runs weekly on a schedule, and its
-  blocking check still decides whether the new model is published.
+- Fine-tuning the behaviour model and retraining the recommender are heavy: they run on
+  schedules (weekly and nightly), and their blocking checks still decide whether a new
+  model is published.
 """
 
 import hashlib
@@ -19,13 +20,14 @@ import os
 import dagster as dg
 
 from assets.partitions import event_days
-from orchestration.jobs import dimensions_job, events_job, training_job
+from orchestration.jobs import dimensions_job, events_job, recommender_job, training_job
 from orchestration.runs import RANGE_END_TAG, RANGE_START_TAG, contiguous_ranges
 from resources.landing import LandingZone, is_readable
 
 LANDING_INTERVAL_S = 30
 AUTOMATION_INTERVAL_S = 10  # cheap to evaluate; each tick saved is felt in land-to-portrait latency
 FINE_TUNE_CRON = os.environ.get("PORTRAIT_FINE_TUNE_CRON", "0 3 * * 0")  # Sundays, 03:00 UTC
+RETRAIN_CRON = os.environ.get("PORTRAIT_RETRAIN_CRON", "0 2 * * *")  # nightly, 02:00 UTC
 
 
 def fingerprints(landing: LandingZone) -> dict[str, str]:
@@ -116,4 +118,14 @@ fine_tune_schedule = dg.ScheduleDefinition(
     default_status=dg.DefaultScheduleStatus.RUNNING,
     description="Fine-tunes the behaviour model (cron from PORTRAIT_FINE_TUNE_CRON); the new version is "
                 "published only if its blocking check passes.",
+)
+
+retrain_schedule = dg.ScheduleDefinition(
+    name="nightly_recommender",
+    job=recommender_job,
+    cron_schedule=RETRAIN_CRON,
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Re-evaluates and retrains the recommender and rewrites recommendations (cron from "
+                "PORTRAIT_RETRAIN_CRON); the new model is published only if its blocking check passes.",
 )

@@ -27,6 +27,11 @@ def models_path(home: Path | None = None) -> Path:
     return (home or portrait_home()) / "models"
 
 
+def serving_path(home: Path | None = None) -> Path:
+    """Published snapshots for the API (see resources/snapshots.py)."""
+    return (home or portrait_home()) / "serving"
+
+
 def ensure_dagster_home(home: Path | None = None) -> Path:
     """Point `DAGSTER_HOME` at `PORTRAIT_HOME/dagster` unless the user set it.
 

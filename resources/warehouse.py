@@ -61,9 +61,12 @@ class Warehouse(dg.ConfigurableResource):
                 delay = min(delay * 2, 2.0)
 
 
-def table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
-    """Whether a table (not a view) of that name exists, temporary tables included."""
-    return bool(con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [name]).fetchall()[0][0])
+def table_exists(con: duckdb.DuckDBPyConnection, name: str, views: bool = False) -> bool:
+    """Whether a table of that name exists, temporary tables included (and views, with `views`)."""
+    sql = "SELECT count(*) FROM duckdb_tables() WHERE table_name = ?"
+    if views:
+        sql = f"SELECT ({sql}) + (SELECT count(*) FROM duckdb_views() WHERE view_name = ? AND NOT internal)"
+    return bool(con.execute(sql, [name, name] if views else [name]).fetchall()[0][0])
 
 
 def vector_dimension(con: duckdb.DuckDBPyConnection, table: str, column: str = "vector") -> int | None:

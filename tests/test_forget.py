@@ -318,7 +318,9 @@ def test_forget_erases_a_user_everywhere_and_the_warehouse_reconciles(home, caps
     assert comparable(reference) == comparable(home)
 
     # the audit: one row, a salted hash, no personal data
-    (erased_at, hashed, reason, landing_rows_removed, by_table, runs), = query(home, "SELECT * FROM erasure_audit")
+    (erased_at, hashed, reason, landing_rows_removed, by_table, runs, serving), = query(home,
+                                                                                      "SELECT * FROM erasure_audit")
+    assert serving is None  # no serving snapshot was ever published here (tests/test_serve.py covers one)
     assert hashed == user_hash(user) and len(hashed) == 64 and reason == "request from [email] about [user]"
     assert landing_rows_removed == expected_landing_rows
     by_table = json.loads(by_table)

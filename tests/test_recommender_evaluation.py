@@ -1,9 +1,13 @@
-"""`recommender_evaluation` on a generated shop: every candidate scored, history kept."""
+"""`recommender_evaluation` on a generated shop: every candidate scored on one split, history kept."""
+
+import json
 
 import dagster as dg
 import duckdb
 
-from assets.recommender_evaluation import EvaluationConfig, recommender_evaluation
+from assets.recommender_evaluation import recommender_evaluation
+from assets.recommender_recipe import RecommenderConfig
+from assets.recsys_dataset import recsys_dataset
 from orchestration.cli import main
 from orchestration.importers.demo import generate_demo
 from resources.landing import LandingZone
@@ -14,15 +18,22 @@ def test_every_candidate_on_one_split_with_history(home):
     generate_demo(LandingZone(root=str(home / "landing")), users=120, items=60, days=12, seed=5)
     assert main(["run", "--ingest-only"]) == 0
     warehouse = Warehouse(path=str(home / "warehouse.duckdb"))
-    config = {"ops": {"recommender_evaluation": {"config": EvaluationConfig(seeds=1).model_dump()}}}
+    config = {"ops": {"recommender_evaluation": {"config": RecommenderConfig(seeds=1, max_epochs=10).model_dump()}}}
     for _ in range(2):
-        result = dg.materialize([recommender_evaluation], resources={"warehouse": warehouse}, run_config=config)
+        result = dg.materialize([recsys_dataset, recommender_evaluation], resources={"warehouse": warehouse},
+                                run_config=config)
         assert result.success
     metadata = result.asset_materializations_for_node("recommender_evaluation")[0].metadata
     assert "data:image/png;base64" in metadata["recall_chart"].value
     assert 0 <= metadata["production_recall"].value <= 1
+    assert metadata["production_beats_baselines"].value in (True, False)
     with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
-        rows = con.execute("SELECT candidate, count(*) FROM recommender_evaluations GROUP BY 1 ORDER BY 1").fetchall()
-    names = {name for name, _ in rows}
-    assert {"popularity", "item_knn", "lightfm_ids", "lightfm_hybrid", "production_blend"} <= names
-    assert all(runs == 2 for _, runs in rows)  # each run appended, the earlier one kept
+        rows = con.execute("SELECT candidate, count(*), bool_and(baseline), any_value(recipe) "
+                           "FROM recommender_evaluations GROUP BY 1 ORDER BY 1").fetchall()
+    baselines = {name for name, _, baseline, _ in rows if baseline}
+    # no item texts were embedded here, so content similarity uses the one-hot categories
+    assert baselines == {"popularity", "recent_popularity_30d", "own_items_by_recency", "lightfm_ids",
+                         "content_similarity"}
+    assert {name for name, _, baseline, _ in rows if not baseline} == {"production_blend"}
+    assert all(runs == 2 for _, runs, _, _ in rows)  # each run appended, the earlier one kept
+    assert json.loads(rows[0][3])["seeds"] == 1  # the recipe travels with the results

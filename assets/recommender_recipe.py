@@ -1,0 +1,144 @@
+"""The recommender recipe: the fixed baselines, the production blend, and one config for both.
+
+The same function builds the production blend for the evaluation (fitted on the training
+side of a split) and for the published model (fitted on everything), so what is measured is
+what ships. The config travels with each evaluation row and model card for the same reason.
+
+Baselines are what a team gets in an afternoon and never change: popularity, recent
+popularity, the user's own items in recency order, content similarity, and LightFM on ids
+alone (with the same epoch selection as the production LightFM). The production blend may
+use anything: popularity priors, the user's own history decayed and weighted by behaviour,
+item co-occurrence, content similarity and the LightFM hybrid with side features; its
+weights are chosen on a split inside the training data.
+"""
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Literal
+
+import dagster as dg
+import duckdb
+import numpy as np
+import pandas as pd
+import scipy.sparse as sparse
+from pydantic import Field
+
+from assets.blend import Blend, ItemKNN
+from assets.lightfm_model import LightFMRecommender, LightFMSettings
+from assets.recsys_dataset import Features, UserFeatures, item_vectors
+from assets.recsys_eval import (
+    Candidate,
+    ContentSimilarity,
+    OwnRecentItems,
+    Popularity,
+    RecentPopularity,
+    Split,
+    category_vectors,
+    last_days_split,
+    stratified_random_split,
+    time_split,
+)
+
+Vectors = tuple[list[str], np.ndarray | sparse.csr_matrix]
+
+PRODUCTION = "production_blend"
+#: A second own-history member with a short memory: the blend weighs "what they did today"
+#: against the configured half-life on its validation split.
+SHORT_HALF_LIFE_DAYS = 1.0
+
+
+class RecommenderConfig(dg.Config):
+    protocol: Literal["time", "last_days", "stratified"] = Field(
+        default="time", description="time: a global cut at `quantile`; last_days: the last `days` as test; "
+                                    "stratified: a per-user random 75/25 split")
+    quantile: float = Field(default=0.9, description="time protocol: where the cut falls in event time")
+    new_items_only: bool = Field(default=True, description="time protocol: relevant = items new to the user")
+    days: int = Field(default=1, description="last_days protocol: days held out")
+    utc_offset_hours: float = Field(default=0.0, description="last_days protocol: the shop's day boundary")
+    recent_days: int = Field(default=30, description="window of recent popularity")
+    half_life_days: float = Field(default=7.0, description="decay of own-history, co-occurrence and content interest")
+    k: int = Field(default=10, description="metrics at k")
+    seeds: int = Field(default=3, description="LightFM seeds averaged")
+    loss: Literal["warp", "bpr", "logistic"] = Field(default="warp", description="LightFM loss")
+    components: int = Field(default=64, description="LightFM latent dimensions")
+    learning_rate: float = Field(default=0.025, description="LightFM learning rate")
+    max_epochs: int = Field(default=60, description="LightFM epochs at most (early stopping on validation)")
+    validation_folds: int = Field(default=2, description="rolling-origin splits inside training the blend "
+                                                         "weights are chosen on (their mean metric)")
+
+
+def make_split(df: pd.DataFrame, config: RecommenderConfig) -> Split:
+    """The configured protocol; used for the test split and, inside training, for validation."""
+    if config.protocol == "time":
+        return time_split(df, config.quantile, config.new_items_only)
+    if config.protocol == "last_days":
+        return last_days_split(df, config.days, repeats=True, utc_offset_hours=config.utc_offset_hours)
+    return stratified_random_split(df)
+
+
+def validation_folds(train: pd.DataFrame, config: RecommenderConfig) -> list[Split]:
+    """Rolling-origin splits inside the training data: the protocol applied to it, then to that
+    split's own training side, and so on. Weights chosen on the mean of several folds move less
+    from run to run than weights fitted to one small split."""
+    folds = []
+    for _ in range(max(config.validation_folds, 1)):
+        fold = make_split(train, config)
+        if not fold.users:
+            break
+        folds.append(fold)
+        train = fold.train
+    if not folds:
+        raise ValueError("too little training data for a validation split: no user has held-out interactions")
+    return folds
+
+
+def content_vectors(con: duckdb.DuckDBPyConnection, as_of: pd.Timestamp | None = None) -> Vectors | None:
+    """Item text vectors as of `as_of` where the shop has texts, else one-hot categories, else None."""
+    ids, vectors = item_vectors(con, as_of)
+    if ids:
+        return ids, vectors
+    ids, categories = category_vectors(con)
+    return (ids, categories) if ids else None
+
+
+def lightfm_settings(config: RecommenderConfig) -> LightFMSettings:
+    return LightFMSettings(loss=config.loss, components=config.components, learning_rate=config.learning_rate,
+                           max_epochs=config.max_epochs, seeds=tuple(range(1, config.seeds + 1)))
+
+
+def baselines(config: RecommenderConfig, vectors: Vectors | None) -> list[Candidate]:
+    """The fixed baselines, unfitted."""
+    inner = lambda train: make_split(train, config)  # noqa: E731 - the same protocol inside training
+    found: list[Candidate] = [
+        Popularity(),
+        RecentPopularity(days=config.recent_days),
+        OwnRecentItems(recency_only=True),
+        # plain LightFM: one model, where production averages `seeds` models with side features
+        LightFMRecommender(replace(lightfm_settings(config), seeds=(1,)), validation=inner, name="lightfm_ids"),
+    ]
+    if vectors is not None:
+        found.append(ContentSimilarity(vectors, half_life_days=config.half_life_days))
+    return found
+
+
+def production(config: RecommenderConfig, item_features: Features, user_features: Features | UserFeatures,
+               vectors: Vectors | None, catalogue: list[str] | None = None) -> Blend:
+    """The production blend, unfitted. `user_features`: fixed, or `UserFeatures` computed from each
+    fit's own training interactions. `catalogue`: items LightFM may recommend beyond those with
+    interactions (new items, scored from their features)."""
+    inner = lambda train: make_split(train, config)  # noqa: E731 - the same protocol inside training
+    settings = lightfm_settings(config)
+    members: list[Callable[[], Candidate]] = [
+        lambda: Popularity(),
+        lambda: RecentPopularity(days=config.recent_days),
+        lambda: OwnRecentItems(half_life_days=config.half_life_days),
+        lambda: ItemKNN(half_life_days=config.half_life_days),
+        lambda: LightFMRecommender(settings, item_features=item_features or None,
+                                   user_features=user_features or None, catalogue=catalogue,
+                                   validation=inner, name="lightfm_hybrid"),
+    ]
+    if config.half_life_days != SHORT_HALF_LIFE_DAYS:
+        members.append(lambda: OwnRecentItems(half_life_days=SHORT_HALF_LIFE_DAYS))
+    if vectors is not None:
+        members.append(lambda: ContentSimilarity(vectors, half_life_days=config.half_life_days))
+    return Blend(members, validation=lambda train: validation_folds(train, config), name=PRODUCTION)
