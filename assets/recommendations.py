@@ -3,7 +3,8 @@
 Scores come from the published production model (`lightfm_model`), a batch of users at a
 time, by matrix products of the members' learned representations and histories, never a
 per-user `predict` loop. Until a model was ever published, the best baseline of the newest
-evaluation scores instead (fitted on every interaction), and each row says so in `source`.
+evaluation scores instead (fitted on every interaction; popularity before any evaluation),
+and each row says so in `source`.
 
 Users the model never saw (only a few events after it was trained, or only searches and
 messages) are scored from their portrait's interest vector against the item text vectors, so
@@ -29,10 +30,11 @@ from assets.automation import AUTOMATION, WAREHOUSE_POOL
 from assets.blend import Blend, ItemKNN, standardized
 from assets.metadata import bar_chart_markdown, markdown_table, query_rows
 from assets.profile_state import matrix
+from assets.recommender_evaluation import EVALUATIONS
 from assets.recommender_model import MODEL_NAME, latest_evaluation, load_model
 from assets.recommender_recipe import baselines, content_vectors
 from assets.recsys_dataset import read_dataset
-from assets.recsys_eval import BATCH_CELLS, EVENT_TYPES, Candidate, top_k
+from assets.recsys_eval import BATCH_CELLS, EVENT_TYPES, Candidate, Popularity, top_k
 from resources.model_store import ModelStore
 from resources.warehouse import Warehouse, table_exists, vector_dimension
 
@@ -193,7 +195,10 @@ def score_cold(con: duckdb.DuckDBPyConnection, users: Sequence[str], popularity:
 
 
 def fallback_model(con: duckdb.DuckDBPyConnection, df: pd.DataFrame) -> Candidate:
-    """The best baseline (by NDCG) of the newest evaluation, fitted on every interaction."""
+    """The best baseline (by NDCG) of the newest evaluation, fitted on every interaction; popularity
+    when the recommender was never evaluated."""
+    if not table_exists(con, EVALUATIONS):
+        return Popularity().fit(df)
     config, outcome = latest_evaluation(con)
     name = outcome[f"ndcg@{config.k}"]["best_baseline"]
     model = next(c for c in baselines(config, content_vectors(con)) if c.name == name)

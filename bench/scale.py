@@ -230,8 +230,8 @@ def run_size(events: int, steps: list[tuple[str, list[str], bool]], memory_limit
         with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
             texts["texts_encoded"] = con.execute("SELECT count(*) FROM text_embeddings").fetchone()[0]
             texts["item_texts"] = con.execute("SELECT count(*) FROM items WHERE title IS NOT NULL").fetchone()[0]
-            texts["events_loaded"] = con.execute("SELECT count(*) FROM events").fetchone()[0]
-    figures = _size_figures(events, texts, generate_s, wall_s, measured, done=True)
+            loaded = con.execute("SELECT count(*) FROM events").fetchone()[0]
+    figures = {**_size_figures(events, texts, generate_s, wall_s, measured, done=True), "events_loaded": loaded}
     progress(figures)
     return figures
 
@@ -280,10 +280,11 @@ def chart(result: dict, path: Path) -> None:
     bars.set_xlabel("seconds")
     bars.set_title(f"time per asset, {result['events']:,} events, {result['users']:,} users, {result['items']:,} items")
     sizes = result["knee"]["sizes"]
-    for row in result["knee"]["assets"]:
+    colours = plt.get_cmap("tab20").colors
+    for i, row in enumerate(result["knee"]["assets"]):
         values = [row["seconds"][str(s)] for s in sizes]
         if all(values):
-            lines.plot(sizes, values, marker="o", label=row["asset"])
+            lines.plot(sizes, values, marker="o", color=colours[i % len(colours)], label=row["asset"])
     lines.set_xscale("log")
     lines.set_yscale("log")
     lines.set_xlabel("events")
@@ -345,7 +346,8 @@ def _result(runs: list[dict], wanted: list[int], steps: list) -> dict:
     largest = runs[-1]
     finished = [r["events"] for r in runs if r["complete"]]
     return {
-        **{k: largest[k] for k in ("events", "users", "items", "days", "texts", "wall_s", "peak_rss_gib", "assets")},
+        **{k: largest.get(k) for k in ("events", "users", "items", "days", "events_loaded", "texts", "wall_s",
+                                       "peak_rss_gib", "assets")},
         "partial": finished != wanted,
         "sizes_requested": wanted,
         "sizes_finished": finished,

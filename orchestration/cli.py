@@ -33,7 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--start", help="first day to ingest, YYYY-MM-DD (default: the first landed)")
     run.add_argument("--end", help="last day to ingest, YYYY-MM-DD (default: the last landed)")
     run.add_argument("--train", action="store_true",
-                     help="also fine-tune the behaviour model (minutes on a CPU; otherwise the published one is used)")
+                     help="also fine-tune the behaviour model and retrain the recommender (minutes on a CPU; "
+                          "otherwise the published models are used)")
+    run.add_argument("--train-recommender", action="store_true",
+                     help="retrain the recommender only (dataset, evaluation, model; the nightly schedule does it too)")
     run.add_argument("--train-examples", type=int, help="train on at most this many reviews (the demo uses 300)")
     run.add_argument("--train-epochs", type=int, help="at most this many epochs (default 3)")
     run.add_argument("--ingest-only", action="store_true", help="stop after ingestion")
@@ -129,7 +132,7 @@ def _run(args: argparse.Namespace) -> int:
             if args.train:
                 training = {k: v for k, v in (("max_train_examples", args.train_examples),
                                               ("epochs", args.train_epochs)) if v is not None}
-            outcomes += build_downstream(defs, instance, training)
+            outcomes += build_downstream(defs, instance, training, args.train or args.train_recommender)
     _print_summary()
     failed = [o for o in outcomes if not o.success and not o.refused]
     if failed:

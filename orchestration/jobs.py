@@ -29,9 +29,9 @@ training_job = dg.define_asset_job(
 
 portraits_job = dg.define_asset_job(
     "build_portraits",
-    selection=dg.AssetSelection.groups("portraits") | dg.AssetSelection.assets("search_index"),
+    selection=dg.AssetSelection.groups("portraits") | dg.AssetSelection.assets("search_index", "recsys_dataset"),
     description="Update portraits for users with new events, then propensity, segments and summaries; rebuild "
-                "the search index.",
+                "the search index and the recommender's dataset.",
 )
 
 serving_job = dg.define_asset_job(

@@ -112,10 +112,11 @@ def _reported(outcome: RunOutcome, report: Callable[[str], None]) -> RunOutcome:
 
 
 def build_downstream(defs: dg.Definitions, instance: dg.DagsterInstance, training: dict | None,
-                     report: Callable[[str], None] = print) -> list[RunOutcome]:
+                     train_recommender: bool = False, report: Callable[[str], None] = print) -> list[RunOutcome]:
     """Train the behaviour model when `training` (its config) is given, then embed texts,
-    rebuild item vectors and text signals, update the portraits, retrain the recommender and
-    rewrite recommendations, and publish the serving snapshot."""
+    rebuild item vectors and text signals, update the portraits, retrain the recommender
+    when asked (it is heavy: the nightly schedule does it otherwise), rewrite recommendations
+    with the published model, and publish the serving snapshot."""
     outcomes = []
     if training is not None:
         config = {"ops": {"behavior_model": {"config": training}}}
@@ -123,7 +124,7 @@ def build_downstream(defs: dg.Definitions, instance: dg.DagsterInstance, trainin
     outcomes.append(_reported(run_job(defs, "build_language_model", instance), report))
     if outcomes[-1].success:
         outcomes.append(_reported(run_job(defs, "build_portraits", instance), report))
-    if outcomes[-1].success:
+    if train_recommender and outcomes[-1].success:
         outcomes.append(_reported(run_job(defs, "train_recommender", instance), report))
     if outcomes[-1].success or outcomes[-1].refused:
         outcomes.append(_reported(run_job(defs, "recommend", instance), report))

@@ -91,13 +91,14 @@ def test_a_fitted_production_blend_pickles_and_scores_the_same():
 
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small generated shop run through `portrait run` once (ingestion to recommendations)."""
+    """A small generated shop run through `portrait run --train-recommender` once (ingestion to
+    recommendations, the recommender trained)."""
     home = tmp_path_factory.mktemp("shop")
     patch = pytest.MonkeyPatch()
     patch.setenv("PORTRAIT_HOME", str(home))
     patch.setenv("DAGSTER_HOME", "")
     generate_demo(LandingZone(root=str(home / "landing")), users=150, items=80, days=14, seed=5)
-    assert main(["run"]) == 0
+    assert main(["run", "--train-recommender"]) == 0
     yield home
     patch.undo()
 
