@@ -6,6 +6,7 @@ import argparse
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from resources.home import ensure_dagster_home, landing_path, portrait_home, warehouse_path
@@ -208,47 +209,47 @@ def _forget(args: argparse.Namespace) -> int:
     return forget(args.user, args.reason)
 
 
-def _profile(args: argparse.Namespace) -> int:
-    import duckdb
-
-    from orchestration.profile_report import UnknownUser, describe
-    from resources.home import models_path
-    from resources.model_store import ModelStore
-
+def _existing_warehouse() -> Path | None:
+    """The warehouse's path, or None after telling the user how to make one."""
     path = warehouse_path()
     if not path.exists():
         print(f"error: no warehouse at {path}; run `portrait import` and `portrait run` first", file=sys.stderr)
+        return None
+    return path
+
+
+def _print_report(render: Callable[..., str], errors: tuple[type[Exception], ...]) -> int:
+    """Print `render(read-only connection, model store)`; a missing warehouse or one of `errors` exits 2."""
+    import duckdb
+
+    from resources.home import models_path
+    from resources.model_store import ModelStore
+
+    path = _existing_warehouse()
+    if path is None:
         return 2
     with duckdb.connect(str(path), read_only=True) as con:
         try:
-            print(describe(con, args.user, args.explain, ModelStore(root=str(models_path()))))
-        except (UnknownUser, RuntimeError) as error:
+            print(render(con, ModelStore(root=str(models_path()))))
+        except errors as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
     return 0
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from orchestration.profile_report import UnknownUser, describe
+
+    return _print_report(lambda con, store: describe(con, args.user, args.explain, store), (UnknownUser, RuntimeError))
 
 
 def _recommend(args: argparse.Namespace) -> int:
-    import duckdb
-
     from orchestration.recommend_report import NoRecommendations, describe
-    from resources.home import models_path
-    from resources.model_store import ModelStore
 
-    path = warehouse_path()
-    if not path.exists():
-        print(f"error: no warehouse at {path}; run `portrait import` and `portrait run` first", file=sys.stderr)
-        return 2
     if args.n < 1:
         print("error: -n must be at least 1", file=sys.stderr)
         return 2
-    with duckdb.connect(str(path), read_only=True) as con:
-        try:
-            print(describe(con, args.user, args.n, args.explain, ModelStore(root=str(models_path()))))
-        except NoRecommendations as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-    return 0
+    return _print_report(lambda con, store: describe(con, args.user, args.n, args.explain, store), (NoRecommendations,))
 
 
 def _audience(args: argparse.Namespace) -> int:
@@ -280,9 +281,8 @@ def _search(args: argparse.Namespace) -> int:
     from resources.model_store import ModelStore
     from resources.torch_device import TorchDevice
 
-    path = warehouse_path()
-    if not path.exists():
-        print(f"error: no warehouse at {path}; run `portrait import` and `portrait run` first", file=sys.stderr)
+    path = _existing_warehouse()
+    if path is None:
         return 2
     folder = ModelStore(root=str(models_path())).latest(INDEX_NAME)
     if folder is None:

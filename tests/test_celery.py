@@ -82,6 +82,10 @@ def workers(home: Path, broker: str, tmp_path: Path) -> Iterator[dict[str, Path]
     config = tmp_path / "celery.yaml"
     config.write_text(f"execution:\n  config:\n    broker: {broker}\n    backend: {broker}\n")
     dagster_home = ensure_dagster_home(home)  # the workers and the test share this instance
+    # create its storage once, here: processes migrating a new SQLite schema at the same
+    # moment can leave two alembic heads behind
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        instance.get_runs(limit=1)
     scripts = Path(sys.executable).parent  # `dagster-celery worker start` runs `celery` from PATH
     env = {**os.environ, "PATH": f"{scripts}{os.pathsep}{os.environ.get('PATH', '')}", "PORTRAIT_HOME": str(home),
            "DAGSTER_HOME": str(dagster_home), "PORTRAIT_CELERY_BROKER": broker, "PORTRAIT_DEVICE": "cpu"}
