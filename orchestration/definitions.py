@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import dagster as dg
 
@@ -43,6 +44,17 @@ from resources.torch_device import TorchDevice
 from resources.warehouse import Warehouse
 
 
+def _with_code_references() -> list[dg.AssetsDefinition]:
+    """Every asset, each linked to the file and line that defines it (the UI's "Code" link).
+    Dagster 1.13 marks code references beta; the warning says nothing a user can act on."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        return dg.with_source_code_references([
+            raw_events, validate_events, items, users, text_embeddings, item_embeddings, behavior_model,
+            text_signals, user_profiles, purchase_propensity, user_summaries, user_segments, recsys_dataset,
+            recommender_evaluation, lightfm_model, recommendations, serving_snapshot, search_index])
+
+
 def build_defs(executor: dg.ExecutorDefinition = dg.in_process_executor) -> dg.Definitions:
     """Definitions whose resources are rooted at `PORTRAIT_HOME` as it is now.
 
@@ -51,10 +63,7 @@ def build_defs(executor: dg.ExecutorDefinition = dg.in_process_executor) -> dg.D
     replaced only by the scale-out configuration (orchestration/celery.py).
     """
     return dg.Definitions(
-        assets=[raw_events, validate_events, items, users, text_embeddings, item_embeddings, behavior_model,
-                text_signals, user_profiles, purchase_propensity, user_summaries,
-                user_segments, recsys_dataset, recommender_evaluation, lightfm_model, recommendations, serving_snapshot,
-                search_index],
+        assets=_with_code_references(),
         jobs=[events_job, dimensions_job, language_job, training_job, portraits_job, recommender_job, recommendations_job,
               serving_job],
         sensors=[landing_sensor, automation_sensor],

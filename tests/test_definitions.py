@@ -31,6 +31,8 @@ def test_definitions_load_with_jobs_and_every_asset_described():
         assert node.description, key
         assert node.owners == ["team:portrait"], key
         assert node.kinds & {"duckdb", "torch", "lightfm"}, key
+        references = node.metadata["dagster/code_references"].code_references
+        assert references and Path(references[0].file_path).is_file(), key
         # one writer per DuckDB file: everything that writes the warehouse queues on one pool
         assert node.pools == ({"gpu"} if key.to_user_string() == "behavior_model" else {"duckdb"}), key
     assert graph.get(dg.AssetKey("events")).partitions_def.name == "event_days"
