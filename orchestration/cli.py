@@ -192,7 +192,8 @@ def _print_summary() -> None:
         tables = {name for (name,) in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
         print("Warehouse", path)
         for table in ("raw_events", "events", "quarantine", "items", "users", "text_embeddings", "item_embeddings",
-                      "text_signals", "user_profiles", "user_propensity", "user_segments", "user_summaries"):
+                      "text_signals", "user_profiles", "user_propensity", "user_segments", "user_summaries",
+                      "recommendations"):
             if table in tables:
                 print(f"  {table:<12} {con.execute(f'SELECT count(*) FROM {table}').fetchone()[0]:>10,} rows")
         if "quarantine" in tables:
