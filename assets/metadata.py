@@ -30,6 +30,11 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], max_rows: int = 10) -> str
     return "\n".join(lines)
 
 
+def counts_metadata(counts: Mapping[str, Any]) -> dict[str, Any]:
+    """A dict of figures as metadata: integers as integer values (the UI plots them over runs)."""
+    return {name: dg.MetadataValue.int(value) if isinstance(value, int) else value for name, value in counts.items()}
+
+
 def query_rows(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
     cursor = con.execute(sql, list(params))
     names = [d[0] for d in cursor.description]

@@ -28,7 +28,7 @@ from pydantic import Field
 
 from assets.automation import AUTOMATION, WAREHOUSE_POOL
 from assets.blend import Blend, ItemKNN, standardized
-from assets.metadata import bar_chart_markdown, markdown_table, query_rows
+from assets.metadata import bar_chart_markdown, counts_metadata, markdown_table, query_rows
 from assets.profile_state import matrix
 from assets.recommender_evaluation import EVALUATIONS
 from assets.recommender_model import MODEL_NAME, latest_evaluation, load_model
@@ -178,11 +178,13 @@ def score_cold(con: duckdb.DuckDBPyConnection, users: Sequence[str], popularity:
             found = matrix(table.column(1), vector_dimension(con, "item_embeddings"))
             interest = dict(zip(table.column(0).to_pylist(), found))
     prior = popularity / max(popularity.max(), 1.0)
+    if interest:
+        ids, item_matrix = vectors
+        item_norms = np.linalg.norm(item_matrix, axis=1)  # once, not per user
     rows = []
     for user in users:
-        if user in interest and vectors is not None:
-            ids, item_matrix = vectors
-            norms = np.linalg.norm(item_matrix, axis=1) * max(np.linalg.norm(interest[user]), 1e-12)
+        if user in interest:
+            norms = item_norms * max(np.linalg.norm(interest[user]), 1e-12)
             scores = pd.Series(item_matrix @ interest[user] / np.where(norms > 0, norms, 1.0), index=ids)
             scores = scores.add(1e-6 * prior, fill_value=0.0)
             member = "cold_content"
@@ -269,7 +271,7 @@ def recommendations(context: dg.AssetExecutionContext, config: RecommendationsCo
             WHERE r.user_id = (SELECT min(user_id) FROM recommendations) AND r.rank <= 10 ORDER BY r.rank""")
         coverage = con.execute("SELECT count(DISTINCT item_id) FROM recommendations").fetchall()[0][0]
     return dg.MaterializeResult(metadata={
-        **{k: dg.MetadataValue.int(v) if isinstance(v, int) else v for k, v in counts.items()},
+        **counts_metadata(counts),
         "items_recommended": dg.MetadataValue.int(coverage),
         "preview": dg.MetadataValue.md(markdown_table(preview)),
         "by_member": dg.MetadataValue.md(markdown_table(by_member)),

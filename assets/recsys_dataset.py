@@ -28,7 +28,7 @@ from pydantic import Field
 from sklearn.cluster import KMeans
 
 from assets.automation import AUTOMATION, WAREHOUSE_POOL
-from assets.metadata import markdown_table, query_rows
+from assets.metadata import counts_metadata, markdown_table, query_rows
 from assets.profile_state import matrix
 from assets.recsys_eval import interactions
 from resources.warehouse import Warehouse, table_exists, vector_dimension
@@ -229,7 +229,7 @@ def recsys_dataset(config: DatasetConfig, warehouse: Warehouse) -> dg.Materializ
         preview = query_rows(con, "SELECT event_type, count(*) AS interactions, any_value(weight) AS weight "
                                   "FROM recsys_interactions GROUP BY 1 ORDER BY 2 DESC")
     return dg.MaterializeResult(metadata={
-        **{name: dg.MetadataValue.int(value) if isinstance(value, int) else value for name, value in counts.items()},
+        **counts_metadata(counts),
         "features": dg.MetadataValue.md(markdown_table(features, max_rows=30)),
         "interactions_by_type": dg.MetadataValue.md(markdown_table(preview)),
     })
