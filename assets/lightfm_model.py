@@ -28,6 +28,7 @@ class LightFMSettings:
     max_sampled: int = 30
     max_epochs: int = 60
     patience: int = 5                    # epochs without a better validation score before stopping
+    tolerance: float = 0.03              # the fewest epochs within this share of the best validation score win
     seeds: tuple[int, ...] = (7,)
     feature_weight: float = 0.25         # weight of a side feature next to the identity feature
     num_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
@@ -71,7 +72,8 @@ class LightFMRecommender(Candidate):
                  user_features: dict[str, list[str]] | Callable[[pd.DataFrame], dict[str, list[str]]] | None = None,
                  name: str | None = None,
                  catalogue: Sequence[str] | None = None, epochs: int | None = None,
-                 validation: Callable[[pd.DataFrame], Split] | None = None, metric: str = "ndcg@10") -> None:
+                 validation: Callable[[pd.DataFrame], Split | list[Split]] | None = None,
+                 metric: str = "ndcg@10") -> None:
         self.settings = settings or LightFMSettings()
         self.item_side = item_features
         self.user_side = user_features
@@ -120,23 +122,29 @@ class LightFMRecommender(Candidate):
         self.epochs_done += epochs
 
     def _choose_epochs(self, train: pd.DataFrame) -> int:
-        """Epochs by early stopping on the inner validation split (never the test split)."""
+        """Epochs by early stopping on the inner validation split(s) (never the test split).
+
+        The curve is the mean over the splits, and the fewest epochs within `tolerance` of its
+        best win: on small shops the curve is flat and noisy near its top, and a model trained
+        past its peak loses more on new data than one stopped a little early.
+        """
         inner = self.validation(train)
+        splits = inner if isinstance(inner, list) else [inner]
         k = int(self.metric.split("@")[1])
-        probe = LightFMRecommender(self.settings, self.item_side, self.user_side, self.name, self.catalogue, epochs=1)
-        probe.fit(inner.train)
-        best, best_epoch = -np.inf, 1
+        probes = [LightFMRecommender(self.settings, self.item_side, self.user_side, self.name, self.catalogue,
+                                     epochs=1).fit(split.train) for split in splits]
+        curve: list[float] = []
         for epoch in range(1, self.settings.max_epochs + 1):
             if epoch > 1:
-                probe.train_epochs(1)
-            recommended = recommend(probe, inner.users, k, inner.exclude)
-            score = float(evaluate(recommended, inner, k)[self.metric])
-            self.validation_curve.append(round(score, 5))
-            if score > best + 1e-9:
-                best, best_epoch = score, epoch
-            elif epoch - best_epoch >= self.settings.patience:
+                for probe in probes:
+                    probe.train_epochs(1)
+            curve.append(float(np.mean([evaluate(recommend(probe, split.users, k, split.exclude), split, k)[self.metric]
+                                        for probe, split in zip(probes, splits)])))
+            if epoch - int(np.argmax(curve)) - 1 >= self.settings.patience:
                 break
-        return best_epoch
+        self.validation_curve = [round(score, 5) for score in curve]
+        best = max(curve)
+        return next(epoch for epoch, score in enumerate(curve, 1) if score >= best * (1 - self.settings.tolerance))
 
     def representations(self) -> tuple[np.ndarray, np.ndarray]:
         """(user matrix, item matrix), each with two bias columns and averaged over the seeds, so that

@@ -46,8 +46,9 @@ SEGMENT_TOP_ITEMS = 100
 
 class RecommendationsConfig(dg.Config):
     n: int = Field(default=50, description="recommendations kept per user")
-    exclude_event_types: list[str] = Field(default=["purchase"],
-                                           description="items a user had these events on are not recommended")
+    exclude_event_types: list[str] = Field(default=["purchase", "review", "rating"],
+                                           description="items a user had these events on are not recommended "
+                                                       "(a review or a rating means the user has the item)")
 
 
 @dataclass

@@ -58,13 +58,19 @@ class RecommenderConfig(dg.Config):
     recent_days: int = Field(default=30, description="window of recent popularity")
     half_life_days: float = Field(default=7.0, description="decay of own-history, co-occurrence and content interest")
     k: int = Field(default=10, description="metrics at k")
-    seeds: int = Field(default=3, description="LightFM seeds averaged")
+    seeds: int = Field(default=3, description="LightFM models averaged, seeds `seed`, `seed` + 1, ...")
+    seed: int = Field(default=1, description="the first LightFM seed; the baseline uses it alone")
+    threads: int = Field(default=0, description="LightFM training threads (0: every core); 1 makes training "
+                                                "reproducible bit for bit, more threads are faster but not")
     loss: Literal["warp", "bpr", "logistic"] = Field(default="warp", description="LightFM loss")
     components: int = Field(default=64, description="LightFM latent dimensions")
     learning_rate: float = Field(default=0.025, description="LightFM learning rate")
     max_epochs: int = Field(default=60, description="LightFM epochs at most (early stopping on validation)")
     validation_folds: int = Field(default=2, description="rolling-origin splits inside training the blend "
                                                          "weights are chosen on (their mean metric)")
+    validation_users: int = Field(default=2000, description="users scored per validation split at most (a "
+                                                            "seeded sample), so that the weight search and early "
+                                                            "stopping do not grow with the number of users")
 
 
 def make_split(df: pd.DataFrame, config: RecommenderConfig) -> Split:
@@ -85,11 +91,19 @@ def validation_folds(train: pd.DataFrame, config: RecommenderConfig) -> list[Spl
         fold = make_split(train, config)
         if not fold.users:
             break
-        folds.append(fold)
+        folds.append(_sampled(fold, config.validation_users))
         train = fold.train
     if not folds:
         raise ValueError("too little training data for a validation split: no user has held-out interactions")
     return folds
+
+
+def _sampled(split: Split, users: int) -> Split:
+    """The split scored on at most `users` of its users, drawn with a fixed seed; training stays whole."""
+    if len(split.users) <= users:
+        return split
+    kept = sorted(np.random.default_rng(0).choice(split.users, size=users, replace=False).tolist())
+    return replace(split, users=kept, test={u: split.test[u] for u in kept})
 
 
 def content_vectors(con: duckdb.DuckDBPyConnection, as_of: pd.Timestamp | None = None) -> Vectors | None:
@@ -102,19 +116,22 @@ def content_vectors(con: duckdb.DuckDBPyConnection, as_of: pd.Timestamp | None =
 
 
 def lightfm_settings(config: RecommenderConfig) -> LightFMSettings:
+    threads = {"num_threads": config.threads} if config.threads > 0 else {}
     return LightFMSettings(loss=config.loss, components=config.components, learning_rate=config.learning_rate,
-                           max_epochs=config.max_epochs, seeds=tuple(range(1, config.seeds + 1)))
+                           max_epochs=config.max_epochs, seeds=tuple(range(config.seed, config.seed + config.seeds)),
+                           **threads)
 
 
 def baselines(config: RecommenderConfig, vectors: Vectors | None) -> list[Candidate]:
     """The fixed baselines, unfitted."""
-    inner = lambda train: make_split(train, config)  # noqa: E731 - the same protocol inside training
+    folds = lambda train: validation_folds(train, config)  # noqa: E731 - the same protocol inside training
     found: list[Candidate] = [
         Popularity(),
         RecentPopularity(days=config.recent_days),
         OwnRecentItems(recency_only=True),
         # plain LightFM: one model, where production averages `seeds` models with side features
-        LightFMRecommender(replace(lightfm_settings(config), seeds=(1,)), validation=inner, name="lightfm_ids"),
+        LightFMRecommender(replace(lightfm_settings(config), seeds=(config.seed,)), validation=folds,
+                           name="lightfm_ids"),
     ]
     if vectors is not None:
         found.append(ContentSimilarity(vectors, half_life_days=config.half_life_days))
@@ -126,7 +143,7 @@ def production(config: RecommenderConfig, item_features: Features, user_features
     """The production blend, unfitted. `user_features`: fixed, or `UserFeatures` computed from each
     fit's own training interactions. `catalogue`: items LightFM may recommend beyond those with
     interactions (new items, scored from their features)."""
-    inner = lambda train: make_split(train, config)  # noqa: E731 - the same protocol inside training
+    folds = lambda train: validation_folds(train, config)  # noqa: E731 - the same protocol inside training
     settings = lightfm_settings(config)
     members: list[Callable[[], Candidate]] = [
         lambda: Popularity(),
@@ -135,10 +152,10 @@ def production(config: RecommenderConfig, item_features: Features, user_features
         lambda: ItemKNN(half_life_days=config.half_life_days),
         lambda: LightFMRecommender(settings, item_features=item_features or None,
                                    user_features=user_features or None, catalogue=catalogue,
-                                   validation=inner, name="lightfm_hybrid"),
+                                   validation=folds, name="lightfm_hybrid"),
     ]
     if config.half_life_days != SHORT_HALF_LIFE_DAYS:
         members.append(lambda: OwnRecentItems(half_life_days=SHORT_HALF_LIFE_DAYS))
     if vectors is not None:
         members.append(lambda: ContentSimilarity(vectors, half_life_days=config.half_life_days))
-    return Blend(members, validation=lambda train: validation_folds(train, config), name=PRODUCTION)
+    return Blend(members, validation=folds, name=PRODUCTION)

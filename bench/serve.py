@@ -47,26 +47,44 @@ START_TIMEOUT_S = 120
 PACE_S = 0.01
 
 
-def _portrait(env: dict, log: Path, *args: str, check: bool = True) -> tuple[float, int]:
-    """Run a `portrait` command, its output appended to `log`: (seconds, exit code). With
-    `check`, a failure raises with the log's tail."""
+def portrait(env: dict, log: Path, *args: str, check: bool = True, timeout_s: float | None = None
+             ) -> tuple[float, int]:
+    """Run a `portrait` command, its output appended to `log`: (seconds, exit code; -9 when it
+    was killed after `timeout_s`). With `check`, a failure raises with the log's tail."""
     started = time.perf_counter()
     with open(log, "a") as out:
-        code = subprocess.run([sys.executable, "-m", "orchestration.cli", *args], cwd=ROOT, env=env, stdout=out,
-                              stderr=subprocess.STDOUT).returncode
+        try:
+            code = subprocess.run([sys.executable, "-m", "orchestration.cli", *args], cwd=ROOT, env=env, stdout=out,
+                                  stderr=subprocess.STDOUT, timeout=timeout_s).returncode
+        except subprocess.TimeoutExpired:
+            code = -9
     if code and check:
         tail = "\n".join(log.read_text().splitlines()[-40:])
         raise RuntimeError(f"`portrait {' '.join(args)}` exited with {code}; the end of its output:\n{tail}")
     return time.perf_counter() - started, code
 
 
-def _free_port() -> int:
+def portrait_env(home: Path) -> dict:
+    """The environment of a `portrait` subprocess on `home`: offline, no Dagster home of the caller."""
+    return {**os.environ, "PORTRAIT_HOME": str(home), "DAGSTER_HOME": "", "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1"}
+
+
+def start_server(env: dict, port: int) -> subprocess.Popen:
+    """`portrait serve` in a subprocess on a loopback port; answering once `wait_until_up` returns."""
+    server = subprocess.Popen([sys.executable, "-m", "orchestration.cli", "serve", "--port", str(port)],
+                              cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_until_up(port, server)
+    return server
+
+
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
 
 
-def _paths(users: list[str], count: int) -> list[tuple[str, str]]:
+def request_paths(users: list[str], count: int) -> list[tuple[str, str]]:
     """(endpoint, path) for `count` requests: the fixed mix, users taken in turn."""
     paths = []
     for i in range(count):
@@ -158,7 +176,7 @@ def _bare(database: Path, paths: list[tuple[str, str]]) -> tuple[list[tuple[str,
     return samples, seconds
 
 
-def _wait_until_up(port: int, server: subprocess.Popen) -> None:
+def wait_until_up(port: int, server: subprocess.Popen) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if server.poll() is not None:
@@ -181,8 +199,8 @@ def _stamp(port: int) -> str:
         con.close()
 
 
-def _while_running(env: dict, log: Path, port: int, paths: list[tuple[str, str]], store: SnapshotStore,
-                   warehouse: Path) -> dict:
+def while_running(env: dict, log: Path, port: int, paths: list[tuple[str, str]], store: SnapshotStore,
+                  warehouse: Path, run_timeout_s: float | None = None) -> dict:
     """`portrait run` again while two clients ask at a steady pace, then one more publication
     under the same load, so a switch is measured whatever the run did; every answer must be 200."""
     before = _stamp(port)
@@ -193,7 +211,7 @@ def _while_running(env: dict, log: Path, port: int, paths: list[tuple[str, str]]
     for client in clients:
         client.start()
     try:
-        run_s, code = _portrait(env, log, "run", check=False)
+        run_s, code = portrait(env, log, "run", check=False, timeout_s=run_timeout_s)
         with duckdb.connect(str(warehouse), read_only=True) as con:
             store.publish(con, None, None, published_by="bench")
         time.sleep(1.0)  # requests after the last publication, too
@@ -217,11 +235,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         home = Path(tmp) / "home"
-        env = {**os.environ, "PORTRAIT_HOME": str(home), "DAGSTER_HOME": "", "HF_HUB_OFFLINE": "1",
-               "TRANSFORMERS_OFFLINE": "1"}
+        env = portrait_env(home)
         log = Path(tmp) / "portrait.log"
-        _portrait(env, log, "import", "demo", "--users", str(args.users), "--days", str(args.days))
-        build_s, _ = _portrait(env, log, "run")
+        portrait(env, log, "import", "demo", "--users", str(args.users), "--days", str(args.days))
+        build_s, _ = portrait(env, log, "run")
         store = SnapshotStore(root=str(home / "serving"))
         started = time.perf_counter()
         with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
@@ -229,18 +246,16 @@ def main(argv: list[str] | None = None) -> dict:
         publish_s = time.perf_counter() - started
         with duckdb.connect(str(snapshot.database), read_only=True) as con:
             users = [u for (u,) in con.execute("SELECT user_id FROM user_profiles ORDER BY user_id").fetchall()]
-        paths = _paths(users, args.requests)
+        paths = request_paths(users, args.requests)
 
-        port = _free_port()
-        server = subprocess.Popen([sys.executable, "-m", "orchestration.cli", "serve", "--port", str(port)],
-                                  cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        port = free_port()
+        server = start_server(env, port)
         try:
-            _wait_until_up(port, server)
             _drive(port, paths[:200], args.clients)  # warm-up: imports, first connections, caches
             served = _summary(*_drive(port, paths, args.clients))
             one_client = _summary(*_drive(port, paths, 1))
             bare = _summary(*_bare(snapshot.database, paths))
-            during = _while_running(env, log, port, paths, store, home / "warehouse.duckdb")
+            during = while_running(env, log, port, paths, store, home / "warehouse.duckdb")
         finally:
             server.terminate()
             server.wait(timeout=30)

@@ -49,6 +49,30 @@ def test_epochs_chosen_on_an_inner_split_and_tastes_learned():
     assert result["recall@10"] > 0.2
 
 
+def test_the_curve_is_the_mean_over_folds_and_the_fewest_epochs_near_its_best_win():
+    frame = _shop()
+    folds = lambda train: [last_days_split(train, days=2), last_days_split(train, days=4)]  # noqa: E731
+    settings = LightFMSettings(components=8, max_epochs=12, patience=12, num_threads=1, seeds=(1,))
+    model = LightFMRecommender(settings, validation=folds).fit(frame)
+    curves = []
+    for split in folds(frame):
+        single = LightFMRecommender(settings, validation=lambda train, split=split: split)
+        single._choose_epochs(frame)
+        curves.append(single.validation_curve)
+    assert model.validation_curve == pytest.approx(np.mean(curves, axis=0).round(5).tolist(), abs=2e-5)
+    best = max(model.validation_curve)
+    assert model.epochs == next(e for e, s in enumerate(model.validation_curve, 1) if s >= best * (1 - 0.03))
+    strict = LightFMRecommender(LightFMSettings(**{**settings.__dict__, "tolerance": 0.0}), validation=folds).fit(frame)
+    assert strict.epochs == int(np.argmax(strict.validation_curve)) + 1 >= model.epochs
+
+
+def test_one_thread_trains_the_same_model_twice():
+    frame = _shop()
+    settings = LightFMSettings(components=8, seeds=(3, 4), num_threads=1)
+    first, second = (LightFMRecommender(settings, epochs=4).fit(frame) for _ in range(2))
+    assert np.array_equal(first.scores(["U0", "U5"]), second.scores(["U0", "U5"]))
+
+
 def test_side_features_and_settings_are_checked():
     matrix, names = feature_matrix(["a", "b"], {"a": ["Guitars"], "b": ["Guitars", "Strings"]}, 0.25)
     assert names == ["a", "b", "Guitars", "Strings"] and matrix.shape == (2, 4)

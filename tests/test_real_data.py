@@ -118,3 +118,21 @@ def test_amazon_reviews_every_day_in_one_run(home):
     assert query(home, "SELECT count(*), count(DISTINCT user_id) FROM user_segments") == [(1_429, 1_429)]
     assert query(home, "SELECT count(*) FROM user_summaries WHERE length(summary) > 20") == [(1_429,)]
     assert query(home, "SELECT count(*) FROM segments WHERE size < 20 AND segment <> 'other'") == [(0,)]
+
+    # the recommender on real reviews: evaluated, published through its blocking check, recommending to all.
+    # One training thread and a fixed seed make the evaluation reproducible bit for bit.
+    recipe = {"ops": {"recommender_evaluation": {"config": {"threads": 1}}}}
+    trained = build_defs().resolve_job_def("train_recommender").execute_in_process(instance=instance,
+                                                                                   run_config=recipe)
+    assert trained.success
+    assert check_results(trained)[("lightfm_model", "recommender_beats_baselines")]
+    evaluation = trained.asset_materializations_for_node("recommender_evaluation")[0].metadata
+    print(f"amazon recommender: recall@10 {evaluation['production_recall'].value:.4f} "
+          f"({evaluation['production_vs_best_recall'].value}x {evaluation['best_baseline_recall'].value}), "
+          f"NDCG@10 {evaluation['production_ndcg'].value:.4f} ({evaluation['production_vs_best_ndcg'].value}x)")
+    assert build_defs().resolve_job_def("recommend").execute_in_process(instance=instance).success
+    assert query(home, "SELECT count(DISTINCT user_id), min(n), count(DISTINCT source) FROM "
+                       "(SELECT user_id, source, count(*) AS n FROM recommendations GROUP BY 1, 2)") == [(1_429, 50, 1)]
+    assert query(home, "SELECT DISTINCT source FROM recommendations") == [("model",)]
+    # an item the user already reviewed is not recommended again
+    assert query(home, "SELECT count(*) FROM recommendations r JOIN events e USING (user_id, item_id)") == [(0,)]

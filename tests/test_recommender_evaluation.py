@@ -4,9 +4,11 @@ import json
 
 import dagster as dg
 import duckdb
+import numpy as np
+import pandas as pd
 
 from assets.recommender_evaluation import recommender_evaluation
-from assets.recommender_recipe import RecommenderConfig
+from assets.recommender_recipe import RecommenderConfig, validation_folds
 from assets.recsys_dataset import recsys_dataset
 from orchestration.cli import main
 from orchestration.importers.demo import generate_demo
@@ -37,3 +39,19 @@ def test_every_candidate_on_one_split_with_history(home):
     assert {name for name, _, baseline, _ in rows if not baseline} == {"production_blend"}
     assert all(runs == 2 for _, runs, _, _ in rows)  # each run appended, the earlier one kept
     assert json.loads(rows[0][3])["seeds"] == 1  # the recipe travels with the results
+
+
+def test_validation_folds_score_a_fixed_sample_of_users_and_train_on_everything():
+    rng = np.random.default_rng(1)
+    n = 20_000
+    df = pd.DataFrame({"user_id": rng.integers(0, 3000, n).astype(str), "item_id": rng.integers(0, 200, n).astype(str),
+                       "ts": pd.Timestamp("2026-01-01") + pd.to_timedelta(rng.integers(0, 86400 * 60, n), unit="s"),
+                       "weight": 1.0})
+    whole = validation_folds(df, RecommenderConfig())
+    capped = validation_folds(df, RecommenderConfig(validation_users=100))
+    assert all(len(f.users) > 100 for f in whole) and [len(f.users) for f in capped] == [100, 100]
+    for small, full in zip(capped, whole):
+        assert set(small.users) <= set(full.users) and set(small.test) == set(small.users)
+        assert all(small.test[u] == full.test[u] for u in small.users)
+        assert small.train.equals(full.train)  # the next fold and the members still see every interaction
+    assert [f.users for f in capped] == [f.users for f in validation_folds(df, RecommenderConfig(validation_users=100))]

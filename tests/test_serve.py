@@ -15,6 +15,7 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 import resources.snapshots as snapshots_module
+from bench.serve import free_port, portrait, portrait_env, request_paths, start_server, while_running
 from orchestration.cli import main
 from orchestration.importers.demo import generate_demo
 from orchestration.serve import SnapshotReader, create_app
@@ -337,3 +338,28 @@ def test_portrait_run_publishes_a_snapshot_and_forget_takes_the_user_out_of_serv
     serving = json.loads(serving)
     assert serving["snapshot"] == current.stamp and len(serving["deleted"]) == 2
     assert serving["rows"]["user_profiles"] == 1 and serving["rows"]["recommendations"] > 0
+
+
+@pytest.mark.slow
+def test_the_api_keeps_answering_while_a_pipeline_run_writes_the_warehouse(tmp_path):
+    """The API reads published snapshots, never the warehouse: a run holding DuckDB's one writer
+    lock on the warehouse must not fail or block a single request, and the API ends on the
+    snapshot the run published."""
+    home = tmp_path / "home"
+    env, log = portrait_env(home), tmp_path / "portrait.log"
+    portrait(env, log, "import", "demo", "--users", "80", "--days", "8")
+    portrait(env, log, "run")
+    store = SnapshotStore(root=str(home / "serving"))
+    with duckdb.connect(str(store.current().database), read_only=True) as con:
+        users = [u for (u,) in con.execute("SELECT user_id FROM recommendations GROUP BY 1 ORDER BY 1").fetchall()]
+    port = free_port()
+    server = start_server(env, port)
+    try:
+        during = while_running(env, log, port, request_paths(users, 200), store, home / "warehouse.duckdb",
+                               run_timeout_s=600)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert during["pipeline_exit_code"] == 0, log.read_text()[-3000:]
+    assert during["requests"] > 100 and during["failures"] == 0, during
+    assert during["snapshot_after"] != during["snapshot_before"] and during["on_newest_snapshot"], during
