@@ -189,6 +189,27 @@ def test_portrait_recommend_prints_reasons_and_explains_the_blend(shop, monkeypa
     assert main(["recommend", "' OR '1'='1"]) == 2  # an id is a parameter, never SQL
 
 
+HOSTILE_IDS = ["' OR '1'='1", "U0'; DROP TABLE user_profiles; --", "U0\" OR 1=1 --", "%", "U0 $1 ? %s {0}"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("user", HOSTILE_IDS)
+def test_user_ids_in_every_command_are_parameters_never_sql(shop, monkeypatch, capsys, user):
+    """An id that is SQL or a pattern matches no user and changes nothing (the tables keep their rows)."""
+    monkeypatch.setenv("PORTRAIT_HOME", str(shop))
+    tables = ("user_profiles", "recommendations", "events", "items")
+    with _con(shop) as con:
+        before = [con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables]
+    assert main(["profile", user]) == 2
+    assert main(["recommend", user]) == 2
+    assert main(["search", "guitar", "--user", user]) in (0, 2)
+    assert main(["forget", user, "--reason", "test"]) == 2
+    err = capsys.readouterr().err
+    assert "nothing was changed" in err and "Traceback" not in err
+    with _con(shop) as con:
+        assert [con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables] == before
+
+
 @pytest.mark.slow
 def test_a_new_user_with_only_searches_gets_recommendations_from_their_text(shop, monkeypatch):
     """Runs last: it lands one more day (a newcomer who only searched and chatted) and runs again."""
