@@ -22,7 +22,8 @@ GPU_POOL = "gpu"
 TORCH_OP_TAGS = {"dagster-celery/queue": "gpu"}
 
 #: Steps that read landing files (a network share or a bucket mount can fail for a moment)
-#: try twice more, 10 s and then about 20 s later; a corrupt file fails at once (see
-#: `LandingFileError.transient`). Each step writes in one transaction, so a retry starts
+#: try twice more, 10 s and then about 20 s later; a corrupt file is never retried (see
+#: `LandingFileError.transient`): an event file becomes one quarantined `unreadable_file` row,
+#: an items or users file fails its run at once. Each step writes in one transaction, so a retry starts
 #: from the last committed state.
 LANDING_RETRY = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)

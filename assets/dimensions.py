@@ -2,7 +2,9 @@
 
 Each is rebuilt whole from every file in its folder, read in file-name order; when an
 id appears more than once, the last row wins (so a later file updates an earlier one)
-and the others count as duplicates. Rows that fail validation go to `quarantine`.
+and the others count as duplicates. Rows that fail validation go to `quarantine`. Rows of
+users erased by `portrait forget` are only counted, and their landing files are rewritten
+without them (assets/erasure.py).
 """
 
 from dataclasses import dataclass
@@ -11,6 +13,7 @@ import dagster as dg
 import duckdb
 
 from assets.automation import LANDING_RETRY, WAREHOUSE_POOL
+from assets.erasure import ErasedRows, LandingRewrite, erase_rows, rewrite_landing_files
 from assets.events import register_functions
 from assets.landing_files import LandingFileError, insert_landing_file
 from assets.metadata import markdown_table, query_rows, table_schema
@@ -114,6 +117,8 @@ class DimensionLoad:
     quarantined: int
     files: list[str]
     ignored_files: list[str]
+    erased: ErasedRows
+    landing_rewrite: LandingRewrite
 
 
 def ddl(dimension: Dimension) -> str:
@@ -123,7 +128,10 @@ def ddl(dimension: Dimension) -> str:
 
 def load_dimension(con: duckdb.DuckDBPyConnection, landing: LandingZone, dimension: Dimension,
                    run_id: str | None) -> DimensionLoad:
-    """Rebuild one dimension table from its landing folder, inside the caller's transaction."""
+    """Rebuild one dimension table from its landing folder, inside the caller's transaction.
+
+    For a table keyed by `user_id`, rows of erased users are dropped before validation and
+    counted as erased, and the files that held them are rewritten without them."""
     con.execute(ddl(dimension))
     ensure_tables(con)
     register_functions(con)
@@ -140,6 +148,11 @@ def load_dimension(con: duckdb.DuckDBPyConnection, landing: LandingZone, dimensi
         except FileNotFoundError:
             continue
         files.append(name)
+    erased, rewrite = ErasedRows(), LandingRewrite()
+    if dimension.key == "user_id":
+        erased = erase_rows(con, "_raw_rows")
+        if erased.rows:
+            rewrite = rewrite_landing_files(landing.path, erased)
     fields = dimension.fields
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _checked AS
@@ -161,14 +174,15 @@ def load_dimension(con: duckdb.DuckDBPyConnection, landing: LandingZone, dimensi
         QUALIFY row_number() OVER (PARTITION BY {dimension.key}_raw ORDER BY source_file DESC, line_no DESC) = 1
         ORDER BY {dimension.key}_raw
     """)
-    rows_read = con.execute("SELECT count(*) FROM _checked").fetchone()[0]
+    rows_read = con.execute("SELECT count(*) FROM _checked").fetchone()[0] + erased.rows
     loaded = con.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
-    duplicates = rows_read - quarantined - loaded
-    con.execute("INSERT INTO ingest_stats VALUES (?, NULL, ?, ?, ?, ?, ?, current_timestamp::TIMESTAMP)",
-                [name, rows_read, loaded, duplicates, quarantined, run_id])
+    duplicates = rows_read - quarantined - loaded - erased.rows
+    con.execute("INSERT INTO ingest_stats (source, partition_key, rows_read, loaded, duplicates, quarantined, erased, "
+                "run_id, updated_at) VALUES (?, NULL, ?, ?, ?, ?, ?, ?, current_timestamp::TIMESTAMP)",
+                [name, rows_read, loaded, duplicates, quarantined, erased.rows, run_id])
     con.execute("DROP TABLE _checked")
     con.execute("DROP TABLE _raw_rows")
-    return DimensionLoad(rows_read, loaded, duplicates, quarantined, files, ignored)
+    return DimensionLoad(rows_read, loaded, duplicates, quarantined, files, ignored, erased, rewrite)
 
 
 def _actual_counts(name: str) -> str:
@@ -195,6 +209,14 @@ def _dimension_asset(dimension: Dimension, description: str) -> dg.AssetsDefinit
             raise dg.Failure(str(error), allow_retries=error.transient) from error
         for ignored in load.ignored_files:
             context.log.warning(f"ignored {ignored}: not a .jsonl, .ndjson, .csv or .parquet file (optionally .gz)")
+        for file, rows in load.erased.rows_by_file.items():
+            if file in load.landing_rewrite.failed:
+                done = f"the landing file could not be rewritten ({load.landing_rewrite.failed[file]}): remove them by hand"
+            else:
+                done = f"the landing file was rewritten without them ({load.landing_rewrite.rows_by_file.get(file, 0):,} " \
+                       "row(s) removed)"
+            context.log.warning(f"{file} holds {rows:,} row(s) of user(s) erased by `portrait forget` (delivered "
+                                f"again?): none of them were loaded, {done}")
         with warehouse.connect() as con:
             checks = [
                 *shape_checks(con, name, name, dimension.columns, {dimension.key: f"{dimension.key} IS NULL"},
@@ -210,6 +232,9 @@ def _dimension_asset(dimension: Dimension, description: str) -> dg.AssetsDefinit
                 "rows_read": load.rows_read,
                 "duplicates_replaced": load.duplicates,
                 "rows_quarantined": load.quarantined,
+                "rows_erased": load.erased.rows,
+                "landing_files_rewritten": [f"{file} ({rows:,} row(s) removed)"
+                                            for file, rows in load.landing_rewrite.rows_by_file.items()][:50],
                 "files": load.files[:50],
                 "quarantine_reasons": dg.MetadataValue.md(markdown_table(reasons)),
                 "preview": dg.MetadataValue.md(markdown_table(preview)),

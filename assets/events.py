@@ -4,7 +4,8 @@ Validation is one SQL pass over `raw_events` (see `EVENT_RULES`, in order: the f
 a row fails names its reason). Good rows get UTC timestamps, normalized texts with
 e-mail addresses and phone numbers masked, and an `event_id` (the given one, or an MD5
 hash of the row's contract fields and attributes). Exact and event_id duplicates within a day keep their first row
-in file order. A day's rows are replaced whole, in one transaction.
+in file order. Rows of users erased by `portrait forget` are neither loaded nor quarantined, only
+counted (assets/erasure.py). A day's rows are replaced whole, in one transaction.
 """
 
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ import dagster as dg
 import duckdb
 
 from assets.automation import WAREHOUSE_POOL
+from assets.erasure import ERASED, erase_rows
 from assets.metadata import bar_chart_markdown, markdown_table, query_rows, table_schema
 from assets.partitions import SINGLE_RUN, day_keys, event_days
 from assets.raw_events import RAW_EVENTS_DDL, raw_events
@@ -119,7 +121,7 @@ def _check_sql() -> str:
     CREATE OR REPLACE TEMP TABLE _checked AS
     WITH src AS (
         SELECT event_date, source_file, line_no, record, read_error, {is_object_sql()} AS is_object
-        FROM raw_events WHERE event_date IN (SELECT unnest($days::DATE[]))
+        FROM raw_events WHERE event_date IN (SELECT unnest($days::DATE[])) AND read_error IS DISTINCT FROM '{ERASED}'
     ), fields AS (
         SELECT *, {extract_sql(EVENT_FIELDS)} FROM src
     ), typed AS (
@@ -175,16 +177,21 @@ kept AS (
 SELECT {_KEPT_COLUMNS} FROM kept
 """
 
-_INSERT_STATS = """
-INSERT INTO ingest_stats
-SELECT 'events', d.day::VARCHAR, coalesce(c.read, 0), coalesce(e.loaded, 0),
-       coalesce(c.valid, 0) - coalesce(e.loaded, 0), coalesce(c.quarantined, 0), $run_id, current_timestamp::TIMESTAMP
+# Rows read are the day's raw rows: those checked, and those of erased users (never checked).
+_INSERT_STATS = f"""
+INSERT INTO ingest_stats (source, partition_key, rows_read, loaded, duplicates, quarantined, erased, run_id, updated_at)
+SELECT 'events', d.day::VARCHAR, coalesce(c.read, 0) + coalesce(x.erased, 0), coalesce(e.loaded, 0),
+       coalesce(c.valid, 0) - coalesce(e.loaded, 0), coalesce(c.quarantined, 0), coalesce(x.erased, 0),
+       $run_id, current_timestamp::TIMESTAMP
 FROM (SELECT unnest($days::DATE[]) AS day) d
 LEFT JOIN (SELECT event_date, count(*) AS read, count(*) FILTER (WHERE failure IS NULL) AS valid,
                   count(*) FILTER (WHERE failure IS NOT NULL) AS quarantined
            FROM _checked GROUP BY ALL) c ON c.event_date = d.day
 LEFT JOIN (SELECT event_date, count(*) AS loaded FROM events
            WHERE event_date IN (SELECT unnest($days::DATE[])) GROUP BY ALL) e ON e.event_date = d.day
+LEFT JOIN (SELECT event_date, count(*) AS erased FROM raw_events
+           WHERE event_date IN (SELECT unnest($days::DATE[])) AND read_error = '{ERASED}' GROUP BY ALL) x
+       ON x.event_date = d.day
 """
 
 
@@ -194,6 +201,7 @@ class EventCounts:
     loaded: int
     duplicates: int
     quarantined: int
+    erased: int = 0  # rows of users erased by `portrait forget`: neither loaded nor quarantined
 
 
 def register_functions(con: duckdb.DuckDBPyConnection) -> None:
@@ -206,7 +214,8 @@ def register_functions(con: duckdb.DuckDBPyConnection) -> None:
 def clean_events(con: duckdb.DuckDBPyConnection, days: list[str], run_id: str | None) -> EventCounts:
     """Validate the raw rows of `days` into `events` and `quarantine`, replacing those days.
 
-    Runs inside the caller's transaction.
+    Runs inside the caller's transaction. Raw rows of erased users left by a load made before
+    their erasure are emptied first, so they are counted as erased like those a load found.
     """
     con.execute(RAW_EVENTS_DDL)
     con.execute(EVENTS_DDL)
@@ -218,6 +227,7 @@ def clean_events(con: duckdb.DuckDBPyConnection, days: list[str], run_id: str | 
                 params)
     con.execute("DELETE FROM ingest_stats WHERE source = 'events' AND partition_key IN (SELECT unnest($days::VARCHAR[]))",
                 params)
+    erase_rows(con, "raw_events", "event_date IN (SELECT unnest(?::DATE[]))", [days], keep_empty_rows=True)
     con.execute(_check_sql(), params)
     quarantine_rows(con, "events", "_checked", "event_date::VARCHAR")
     repeats = con.execute("SELECT count(*) - count(DISTINCT (event_date, event_id)) FROM _checked "
@@ -225,7 +235,7 @@ def clean_events(con: duckdb.DuckDBPyConnection, days: list[str], run_id: str | 
     con.execute(_INSERT_DEDUPLICATED if repeats else _INSERT_ALL)
     con.execute(_INSERT_STATS, {"days": days, "run_id": run_id})
     counts = con.execute(
-        "SELECT sum(rows_read), sum(loaded), sum(duplicates), sum(quarantined) FROM ingest_stats "
+        "SELECT sum(rows_read), sum(loaded), sum(duplicates), sum(quarantined), sum(erased) FROM ingest_stats "
         "WHERE source = 'events' AND partition_key IN (SELECT unnest($days::VARCHAR[]))", params,
     ).fetchone()
     con.execute("DROP TABLE _checked")
@@ -294,6 +304,7 @@ def _events_metadata(con: duckdb.DuckDBPyConnection, days: list[str], counts: Ev
         "rows_loaded": counts.loaded,
         "duplicates_removed": counts.duplicates,
         "rows_quarantined": counts.quarantined,
+        "rows_erased": counts.erased,
         "duplicate_rate": counts.duplicates / counts.rows_read if counts.rows_read else 0.0,
         "quarantine_rate": counts.quarantined / counts.rows_read if counts.rows_read else 0.0,
         "users_total": users,

@@ -5,6 +5,10 @@ a JSON object text (a CSV row is turned into one, keyed by the header), or the r
 text as it was when it could not be read that far. Rows that cannot be read are kept
 with a `read_error` code so that validation quarantines them: nothing is dropped here.
 Blank lines are not rows.
+
+A file that cannot be read at all (no gzip stream, a truncated one, a Parquet file without
+its footer, a CSV header that cannot be parsed) has no rows to keep: the reader raises
+`LandingFileError`, and the loader records the file as one row with `unreadable_file`.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import csv
 import gzip
 import io
 import json
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +30,10 @@ RAW_SCHEMA = pa.schema([("line_no", pa.int64()), ("record", pa.string()), ("read
 INVALID_UTF8 = "invalid_utf8"
 WRONG_FIELD_COUNT = "wrong_field_count"
 BAD_CSV = "bad_csv"
+#: The `read_error` of the one row that stands for a whole file that cannot be read (line 0).
+UNREADABLE_FILE = "unreadable_file"
+#: At most this many characters of `LandingFileError.problem`.
+PROBLEM_CHARS = 300
 
 csv.field_size_limit(1 << 30)
 
@@ -33,11 +42,13 @@ class LandingFileError(Exception):
     """A landing file that cannot be read at all. Its message names the file and what to do.
 
     `transient`: an operating-system error (a share or mount failing for a moment) that a
-    retry may get past; a corrupt file (bad gzip, truncated Parquet) will fail again."""
+    retry may get past; a corrupt file (bad gzip, truncated Parquet) will fail again.
+    `problem`: what is wrong, in a few words, without the file's path or any of its bytes."""
 
-    def __init__(self, message: str, transient: bool = False):
+    def __init__(self, message: str, transient: bool = False, problem: str | None = None):
         super().__init__(message)
         self.transient = transient
+        self.problem = problem or message
 
 
 def insert_landing_file(con: duckdb.DuckDBPyConnection, path: Path, insert_sql: str,
@@ -56,7 +67,9 @@ def insert_landing_file(con: duckdb.DuckDBPyConnection, path: Path, insert_sql: 
         except duckdb.IOException as error:
             if not path.exists():
                 raise FileNotFoundError(path) from error
-            raise LandingFileError(f"cannot read landing file {path}: {error}") from error
+            # An existing UTF-8 file that the operating system fails to read. The error has
+            # aborted the caller's transaction, so only a retry can get past it.
+            raise LandingFileError(f"cannot read landing file {path}: {error}", transient=True) from error
     rows = 0
     for chunk in read_landing_file(path):
         con.register("_chunk", chunk)
@@ -78,13 +91,35 @@ def read_landing_file(path: Path) -> Iterator[pa.Table]:
             yield from _read_csv(path)
         else:
             yield from _read_json_lines(path)
-    except (OSError, EOFError, gzip.BadGzipFile, duckdb.Error) as error:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error, duckdb.Error, csv.Error) as error:
         if isinstance(error, FileNotFoundError):
             raise
+        if not path.exists():  # DuckDB reports a vanished Parquet file as an IOException
+            raise FileNotFoundError(path) from error
         raise LandingFileError(
             f"cannot read landing file {path}: {error}. Fix or remove the file, then re-run the partition.",
             transient=isinstance(error, OSError) and not isinstance(error, gzip.BadGzipFile),
+            problem=_problem(error, path),
         ) from error
+
+
+def _problem(error: BaseException, path: Path) -> str:
+    """What is wrong with the file, for its quarantine row: no path, none of the file's bytes."""
+    text = str(error).strip()
+    if isinstance(error, gzip.BadGzipFile):
+        # Its "Not a gzipped file (b'..')" repeats the file's first bytes.
+        problem = "not gzip" if text.startswith("Not a gzipped file") else f"corrupt gzip: {text}"
+    elif isinstance(error, EOFError):
+        problem = "truncated: the gzip stream ends before its end marker"
+    elif isinstance(error, zlib.error):
+        problem = f"corrupt gzip: {text}"
+    elif isinstance(error, csv.Error):
+        problem = f"CSV header cannot be parsed: {text}"
+    elif isinstance(error, duckdb.Error):
+        problem = f"not a readable Parquet file (truncated or corrupt): {text}"
+    else:
+        problem = f"{type(error).__name__}: {text}"
+    return problem.replace(str(path), path.name).splitlines()[0][:PROBLEM_CHARS]
 
 
 def _is_utf8(path: Path) -> bool:

@@ -16,7 +16,7 @@ RECONCILES = "counts_reconcile"
 
 
 def table_check_specs(asset: str, key: str, reconcile: str = "For every partition, rows read = rows loaded + "
-                      "duplicates removed + rows quarantined.") -> list[dg.AssetCheckSpec]:
+                      "duplicates removed + rows quarantined + rows of erased users.") -> list[dg.AssetCheckSpec]:
     return [
         dg.AssetCheckSpec(SCHEMA, asset=asset, description="Columns and types are those of the data contract."),
         dg.AssetCheckSpec(REQUIRED, asset=asset, description="Required fields are never null (null rates in metadata)."),
@@ -92,7 +92,7 @@ def reconcile_check(con: duckdb.DuckDBPyConnection, asset: str, source: str,
     `actual_counts_sql` yields (partition_key, read, loaded, quarantined)."""
     rows = query_rows(con, f"""
         WITH actual AS ({actual_counts_sql})
-        SELECT s.partition_key, s.rows_read, s.loaded, s.duplicates, s.quarantined,
+        SELECT s.partition_key, s.rows_read, s.loaded, s.duplicates, s.quarantined, coalesce(s.erased, 0) AS erased,
                coalesce(a.read, 0) AS read_now, coalesce(a.loaded, 0) AS loaded_now,
                coalesce(a.quarantined, 0) AS quarantined_now
         FROM ingest_stats s LEFT JOIN actual a ON a.partition_key IS NOT DISTINCT FROM s.partition_key
@@ -101,10 +101,10 @@ def reconcile_check(con: duckdb.DuckDBPyConnection, asset: str, source: str,
     """, [source])
     broken = [
         r for r in rows
-        if r["rows_read"] != r["loaded"] + r["duplicates"] + r["quarantined"]
+        if r["rows_read"] != r["loaded"] + r["duplicates"] + r["quarantined"] + r["erased"]
         or (r["read_now"], r["loaded_now"], r["quarantined_now"]) != (r["rows_read"], r["loaded"], r["quarantined"])
     ]
-    totals = {k: sum(r[k] for r in rows) for k in ("rows_read", "loaded", "duplicates", "quarantined")}
+    totals = {k: sum(r[k] for r in rows) for k in ("rows_read", "loaded", "duplicates", "quarantined", "erased")}
     return dg.AssetCheckResult(
         asset_key=asset, check_name=RECONCILES, passed=not broken,
         metadata={"partitions": len(rows), "partitions_broken": len(broken), **totals,

@@ -3,7 +3,8 @@
 Validation runs as one SQL pass over raw records. Each table lists its rules in order;
 a row's first failing rule decides its reason. Rows that fail go to `quarantine` with
 the file, line, field, reason code and a readable detail; nothing is dropped silently,
-and `ingest_stats` keeps, per partition, rows read = loaded + duplicates + quarantined.
+and `ingest_stats` keeps, per partition, rows read = loaded + duplicates + quarantined + erased
+(erased: rows of users erased by `portrait forget`, neither loaded nor quarantined; assets/erasure.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ QUARANTINE_RECORD_CHARS = 65_536
 
 #: Every reason code a quarantined row can carry. docs/data-contract.md lists the same.
 REASONS: dict[str, str] = {
+    "unreadable_file": "a landing file that cannot be read at all (not gzip or a truncated gzip stream, a truncated "
+                       "or corrupt Parquet file, a CSV header that cannot be parsed): one row, line 0, stands for the "
+                       "whole file; none of its rows are loaded",
     "invalid_utf8": "the line is not valid UTF-8 (kept with the bad bytes escaped)",
     "wrong_field_count": "a CSV row with more or fewer fields than the header",
     "bad_csv": "a CSV row the parser cannot read (for example an unclosed quote)",
@@ -47,7 +51,7 @@ CREATE TABLE IF NOT EXISTS quarantine (
     source VARCHAR NOT NULL,          -- 'events', 'items' or 'users'
     partition_key VARCHAR,            -- the event day; NULL for items and users
     source_file VARCHAR NOT NULL,     -- path under landing/
-    line_no BIGINT NOT NULL,          -- 1-based line (CSV: the row's first line)
+    line_no BIGINT NOT NULL,          -- 1-based line (CSV: the row's first line); 0: the whole file
     reason VARCHAR NOT NULL,          -- a code from REASONS
     field VARCHAR,                    -- the offending field, where one is to blame
     detail VARCHAR NOT NULL,          -- what is wrong and what would be accepted
@@ -65,9 +69,12 @@ CREATE TABLE IF NOT EXISTS ingest_stats (
     duplicates BIGINT NOT NULL,
     quarantined BIGINT NOT NULL,
     run_id VARCHAR,
-    updated_at TIMESTAMP NOT NULL
+    updated_at TIMESTAMP NOT NULL,
+    erased BIGINT DEFAULT 0           -- rows of erased users: neither loaded nor quarantined
 )
 """
+#: Warehouses made before the `erased` count get the column (0 for the partitions loaded then).
+INGEST_STATS_MIGRATION = "ALTER TABLE ingest_stats ADD COLUMN IF NOT EXISTS erased BIGINT DEFAULT 0"
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,11 @@ class Rule:
 
 #: Rules every landing table starts with: the row must have been read and be a JSON object.
 READ_RULES = (
+    # One row (line 0) stands for a whole file that cannot be read; its record says what is wrong.
+    Rule("unreadable_file", "read_error = 'unreadable_file'",
+         f"'the landing file ' || source_file || ' cannot be read at all: ' || {sql_mask_pii('record')} "
+         "|| '. None of its rows are loaded. What to do: re-deliver the file; the landing sensor re-ingests it "
+         "when it changes'"),
     Rule("invalid_utf8", "read_error = 'invalid_utf8'", "'the line is not valid UTF-8'"),
     Rule("wrong_field_count", "read_error = 'wrong_field_count'",
          "'the CSV row has a different number of fields than the header'"),
@@ -185,6 +197,7 @@ def quarantine_rows(con: duckdb.DuckDBPyConnection, source: str, checked: str, p
 def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(QUARANTINE_DDL)
     con.execute(INGEST_STATS_DDL)
+    con.execute(INGEST_STATS_MIGRATION)
 
 
 def _sql_str(value: str | None) -> str:

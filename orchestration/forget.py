@@ -12,36 +12,33 @@ warehouse and every older one deleted. See docs/privacy.md.
 
 from __future__ import annotations
 
-import csv
-import gzip
-import hmac
-import io
 import json
-import os
-import re
-import secrets
-import stat
 import sys
-import tempfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import duckdb
 
+from assets.erasure import (  # noqa: F401 (re-exported: the command's helpers, shared with ingestion)
+    AUDIT_TABLE,
+    SALT_FILE,
+    UserMatcher,
+    count_user_rows,
+    rewrite_without_user,
+    user_hash,
+)
 from resources.home import ensure_dagster_home, landing_path, models_path, portrait_home, serving_path, warehouse_path
 from resources.landing import DAY_FOLDER, LandingZone, is_readable
 from resources.model_store import ModelStore
-from resources.snapshots import SnapshotStore, user_rows
+from resources.snapshots import DATABASE, Snapshot, SnapshotStore, user_rows
 from resources.warehouse import Warehouse
 
 if TYPE_CHECKING:
     from orchestration.runs import RunOutcome
 
-SALT_FILE = "erasure.salt"
-AUDIT_TABLE = "erasure_audit"
 ERASURE_AUDIT_DDL = f"""
 CREATE TABLE IF NOT EXISTS {AUDIT_TABLE} (
     erased_at TIMESTAMP NOT NULL,
@@ -61,46 +58,6 @@ OTHER_USER_COLUMNS: dict[str, str] = {}
 RECORD_TABLES = ("raw_events", "quarantine")
 #: Tagged on the re-ingest runs, so the UI links them to the audit row.
 ERASURE_TAG = "portrait/erasure"
-_ASCII_WORD = "0-9A-Za-z_"
-
-
-class UserMatcher:
-    """Decides whether a landing row or a warehouse record belongs to one user.
-
-    A parsed row belongs to the user when its `user_id` is the id (compared as text,
-    since ids may be numbers in JSON and CSV). A row that cannot be parsed belongs to
-    the user when it holds the id as a whole token: erasure errs on the side of removing.
-    """
-
-    def __init__(self, user_id: str) -> None:
-        self.user_id = user_id
-        self.needle = user_id.encode("utf-8")
-        self._token = re.compile(f"(?<![{_ASCII_WORD}]){re.escape(user_id)}(?![{_ASCII_WORD}])")
-
-    def mentions(self, text: str) -> bool:
-        return self.user_id in text and self._token.search(text) is not None
-
-    def value(self, value: object) -> bool:
-        """A parsed `user_id` value: strings trimmed (ingestion trims them), numbers as text."""
-        if value is None or isinstance(value, bool):
-            return False
-        if isinstance(value, str):
-            return value.strip() == self.user_id
-        if isinstance(value, int):
-            return str(value) == self.user_id
-        if isinstance(value, float):
-            return (value.is_integer() and str(int(value)) == self.user_id) or repr(value) == self.user_id
-        # an object or list in place of an id is quarantined with its text: remove it if it names the user
-        return self.mentions(json.dumps(value, ensure_ascii=False, default=str))
-
-    def mask(self, text: str) -> str:
-        """`text` with every whole-token occurrence of the id replaced by `[user]`."""
-        return self._token.sub("[user]", text)
-
-    def sql_pattern(self) -> str:
-        """The whole-token test for DuckDB's regexp_matches (RE2 has no look-behind)."""
-        escaped = "".join(c if c.isalnum() or not c.isascii() else f"\\x{{{ord(c):02x}}}" for c in self.user_id)
-        return f"(^|[^{_ASCII_WORD}]){escaped}([^{_ASCII_WORD}]|$)"
 
 
 # --- the landing zone ----------------------------------------------------------------------------------------------
@@ -165,158 +122,12 @@ def scan_landing(landing: LandingZone, matcher: UserMatcher) -> LandingScan:
     return scan
 
 
-def count_user_rows(path: Path, matcher: UserMatcher) -> int:
-    if path.name.lower().endswith(".parquet"):
-        return sum(_parquet_mask(path, matcher))
-    return sum(1 for _, belongs in _records(path, matcher) if belongs)
-
-
-def rewrite_without_user(path: Path, matcher: UserMatcher) -> int:
-    """Rewrite `path` without the user's rows, atomically; return how many rows went.
-
-    Kept rows are copied byte for byte (line ends, quoting, even invalid bytes), so
-    the only change ingestion sees is the missing rows. The new file is written under a
-    `_` name in the same folder, which readers skip, and renamed over the old one.
-    """
-    if path.name.lower().endswith(".parquet"):
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        mask = _parquet_mask(path, matcher)
-        removed = sum(mask)
-        if removed:
-            table = pq.read_table(path)
-            keep = pa.array([not belongs for belongs in mask], pa.bool_())
-            _atomic_replace(path, lambda tmp: pq.write_table(table.filter(keep), tmp) or True)
-        return removed
-    removed = 0
-
-    def write(tmp: Path) -> bool:
-        nonlocal removed
-        opener = gzip.open if path.name.lower().endswith(".gz") else open
-        with opener(tmp, "wb") as out:
-            for chunk, belongs in _records(path, matcher):
-                if belongs:
-                    removed += 1
-                else:
-                    out.write(chunk)
-        return removed > 0  # nothing of the user's left (the file changed since the scan): keep it as it is
-
-    _atomic_replace(path, write)
-    return removed
-
-
-def _records(path: Path, matcher: UserMatcher) -> Iterator[tuple[bytes, bool]]:
-    """The file as consecutive byte chunks (one per row, header and blank lines included),
-    each with whether it belongs to the user. Joined, the chunks are the file."""
-    name = path.name.lower()
-    opener = gzip.open if name.endswith(".gz") else open
-    with opener(path, "rb") as handle:
-        if name.endswith((".csv", ".csv.gz")):
-            yield from _csv_records(handle.read(), matcher)
-        else:
-            for number, line in enumerate(handle):
-                yield line, _json_line_belongs(line, matcher, first=number == 0)
-
-
-def _json_line_belongs(line: bytes, matcher: UserMatcher, first: bool = False) -> bool:
-    # Only a line holding the id's bytes, or an escape that could spell it, can belong to the user.
-    if matcher.needle not in line and b"\\" not in line:
-        return False
-    try:
-        text = line.decode("utf-8")
-        valid_utf8 = True
-    except UnicodeDecodeError:
-        text = line.decode("utf-8", "replace")
-        valid_utf8 = False
-    try:
-        record = json.loads(text.lstrip("\ufeff") if first else text)
-    except ValueError:
-        return matcher.mentions(text)
-    if not isinstance(record, dict):
-        return matcher.mentions(text)
-    if matcher.value(record.get("user_id")):
-        return True
-    # a line that is not valid UTF-8 is quarantined whole, with its text: remove it if it names the user
-    return not valid_utf8 and matcher.mentions(text)
-
-
-def _csv_records(data: bytes, matcher: UserMatcher) -> Iterator[tuple[bytes, bool]]:
-    """Rows as the landing reader splits them: the header, then one chunk per record
-    (several lines for a quoted field with line breaks, or for a row the parser rejects)."""
-    if matcher.needle not in data:  # CSV has no escapes: without the id's bytes no row can be the user's
-        yield data, False
-        return
-    text = data.decode("utf-8", "surrogateescape")  # invalid bytes survive the round trip
-    lines = io.StringIO(text, newline="").readlines()  # split exactly as csv.reader reads them
-    reader = csv.reader(iter(lines), strict=True)
-    last = 0
-    header: list[str] | None = None
-    while True:
-        try:
-            row = next(reader)
-        except StopIteration:
-            break
-        except csv.Error:  # bad_csv: the rejected lines are one quarantined row
-            chunk = "".join(lines[last:reader.line_num])
-            last = reader.line_num
-            yield _encode(chunk), header is not None and matcher.mentions(chunk)
-            continue
-        chunk = "".join(lines[last:reader.line_num])
-        last = reader.line_num
-        if header is None:
-            header = [h.strip().lstrip("\ufeff") for h in row]
-            yield _encode(chunk), False
-            continue
-        if not any(cell.strip() for cell in row):
-            belongs = False
-        elif len(row) == len(header) and "user_id" in header:
-            belongs = matcher.value(row[header.index("user_id")])
-        else:  # wrong_field_count: which cell is the id is unknown, so any cell that is the id counts
-            belongs = any(matcher.value(cell) for cell in row)
-        yield _encode(chunk), belongs
-    if last < len(lines):
-        yield _encode("".join(lines[last:])), False
-
-
-def _encode(text: str) -> bytes:
-    return text.encode("utf-8", "surrogateescape")
-
-
-def _parquet_mask(path: Path, matcher: UserMatcher) -> list[bool]:
-    import pyarrow.parquet as pq
-
-    if "user_id" not in pq.read_schema(path).names:
-        return [False] * pq.read_metadata(path).num_rows
-    column = pq.read_table(path, columns=["user_id"]).column("user_id")
-    return [matcher.value(value) for value in column.to_pylist()]
-
-
 def _bytes_mention(path: Path, matcher: UserMatcher) -> bool:
     try:
         data = path.read_bytes()
     except OSError:
         return False
     return matcher.needle in data and matcher.mentions(data.decode("utf-8", "replace"))
-
-
-def _atomic_replace(path: Path, write: Callable[[Path], bool]) -> None:
-    """`write` fills a `_` file beside `path` (readers skip such names) and says whether to
-    use it; if so it is synced and renamed over `path`, keeping the file's permissions."""
-    fd, name = tempfile.mkstemp(prefix="_forget-", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        if not write(tmp):
-            tmp.unlink()
-            return
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # --- the warehouse -------------------------------------------------------------------------------------------------
@@ -423,28 +234,6 @@ def _tables(con: duckdb.DuckDBPyConnection) -> set[str]:
 # --- the audit -----------------------------------------------------------------------------------------------------
 
 
-def user_hash(user_id: str, home: Path | None = None) -> str:
-    """HMAC-SHA256 of the id under a secret salt kept in `$PORTRAIT_HOME/erasure.salt`.
-
-    The same user always gets the same hash (a repeated request can be recognised), but
-    nobody without the salt file can find the id by hashing candidate ids.
-    """
-    return hmac.new(_salt(home or portrait_home()), user_id.encode("utf-8"), "sha256").hexdigest()
-
-
-def _salt(home: Path) -> bytes:
-    path = home / SALT_FILE
-    home.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return bytes.fromhex(path.read_text(encoding="ascii").strip())
-    salt = secrets.token_bytes(32)
-    with os.fdopen(fd, "w", encoding="ascii") as handle:
-        handle.write(salt.hex() + "\n")
-    return salt
-
-
 def audit_reason(reason: str | None, matcher: UserMatcher) -> str | None:
     """The operator's reason without personal data: e-mails and phones masked, the id itself too."""
     from assets.text_cleaning import mask_pii
@@ -486,6 +275,7 @@ def forget(user_id: str, reason: str | None = None, report: Callable[[str], None
     snapshots = SnapshotStore(root=str(serving_path()))
     published = snapshots.current()
     serving_before = user_rows(published, user_id) if published else {}
+    older_hold = published is not None and _older_snapshots_hold(snapshots, published, user_id)
     before: dict[str, int] = {}
     ingested: set[str] = set()
     holding: set[str] = set()
@@ -498,9 +288,10 @@ def forget(user_id: str, reason: str | None = None, report: Callable[[str], None
             dims_hold = dimensions_hold_user(con, matcher)
             tables = _tables(con)
     # raw records only mentioning the id (another user's message quoting it) do not make a user known;
-    # a user left only in the serving snapshot (a republication that failed) is known
+    # a user left only in the serving snapshot (a republication that failed) is known, and so is one
+    # left only in the previous snapshot (a run published between an interrupted erasure and its repetition)
     if not scan.rows and not any(n for t, n in before.items() if t not in RECORD_TABLES) \
-            and not any(serving_before.values()):
+            and not any(serving_before.values()) and not older_hold:
         print(f"error: user {user_id} is in no landing file and no warehouse table; nothing was changed"
               + _earlier_erasure(warehouse, has_warehouse, user_id), file=sys.stderr)
         for name in scan.unreadable_mentions:
@@ -585,6 +376,20 @@ def republish_serving(snapshots: SnapshotStore, warehouse: Warehouse, hashed: st
                     f"AND erased_at = (SELECT max(erased_at) FROM {AUDIT_TABLE} WHERE user_hash = ?)",
                     [json.dumps(serving, sort_keys=True), hashed, hashed])
     return serving
+
+
+def _older_snapshots_hold(snapshots: SnapshotStore, published: Snapshot, user_id: str) -> bool:
+    """Whether a snapshot folder besides the published one (the previous one, kept for readers in
+    flight, or one a publisher left half-written) holds rows of the user; the republication deletes them."""
+    for folder in snapshots.folders():
+        if folder == published.folder or not (folder / DATABASE).exists():
+            continue
+        try:
+            if any(user_rows(Snapshot(folder, {}), user_id).values()):
+                return True
+        except duckdb.Error:  # being written, or left unreadable: the next publication deletes it anyway
+            continue
+    return False
 
 
 def reingest(days: list[str], dimensions: bool, hashed: str, report: Callable[[str], None]) -> list[RunOutcome]:

@@ -1,6 +1,8 @@
 """Shared fixtures: a temporary PORTRAIT_HOME, a test Dagster instance, the real data sets."""
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -20,6 +22,15 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("PORTRAIT_HOME", str(path))
     monkeypatch.setenv("DAGSTER_HOME", "")  # empty counts as unset, and is restored afterwards
     return path
+
+
+@contextlib.contextmanager
+def portrait_home(home: Path) -> Iterator[Path]:
+    """PORTRAIT_HOME set to `home` for a block (module-scoped fixtures cannot use `monkeypatch`)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PORTRAIT_HOME", str(home))
+        patch.setenv("DAGSTER_HOME", "")  # empty counts as unset: the instance goes inside the home
+        yield home
 
 
 @pytest.fixture

@@ -36,6 +36,7 @@ from orchestration.importers.demo import generate_demo
 from orchestration.runs import QUIET, RANGE_END_TAG, RANGE_START_TAG
 from resources.landing import LandingZone
 from resources.snapshots import CURRENT, DATABASE, MANIFEST
+from tests.conftest import portrait_home
 
 ROOT = Path(__file__).resolve().parents[1]
 UPDATE = """
@@ -327,14 +328,6 @@ def redeliver(landing: Path) -> None:
         (folder / "late.jsonl").write_text("\n".join(late) + "\n", encoding="utf-8")
 
 
-@contextlib.contextmanager
-def _portrait_home(home: Path):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PORTRAIT_HOME", str(home))
-        patch.setenv("DAGSTER_HOME", "")  # empty counts as unset: the instance goes inside the home
-        yield
-
-
 @pytest.fixture(scope="module")
 def stage_states(tmp_path_factory) -> dict[str, tuple[Path, Path, dict, dict]]:
     """A small shop built through every stage, then re-delivered days run through the stages
@@ -344,7 +337,7 @@ def stage_states(tmp_path_factory) -> dict[str, tuple[Path, Path, dict, dict]]:
     root = tmp_path_factory.mktemp("stages")
     before = root / "0"
     before.mkdir()
-    with _portrait_home(before):
+    with portrait_home(before):
         generate_demo(LandingZone(root=str(before / "landing")), users=80, items=40, days=4, seed=11)
         assert main(["run", "--ingest-only"]) == 0
         for stage in ("user_profiles", "recsys_dataset", "recommendations", "serving_snapshot"):
@@ -354,7 +347,7 @@ def stage_states(tmp_path_factory) -> dict[str, tuple[Path, Path, dict, dict]]:
     for number, stage in enumerate(STAGES, start=1):
         after = root / str(number)
         shutil.copytree(before, after)
-        with _portrait_home(after):
+        with portrait_home(after):
             run_stage(stage)
         states[stage] = (before, after, fingerprint(before), fingerprint(after))
         before = after

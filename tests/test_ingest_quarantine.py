@@ -159,15 +159,30 @@ def test_rerunning_a_day_replaces_it_exactly(landed, instance):
     assert query(landed, "SELECT count(*) FROM ingest_stats WHERE source = 'events'") == [(1,)]
 
 
-def test_an_unreadable_file_fails_the_day_with_its_name_and_keeps_the_previous_load(landed, instance):
+def test_an_unreadable_file_is_quarantined_and_the_rest_of_the_day_loads(landed, instance):
+    """Through the assets: the run succeeds and its checks pass; the file is one quarantined row
+    naming it, the run's metadata lists it, and every other table is what it was before."""
     ingest_events(landed, instance, [DAY])
     before = _table_hashes(landed)
+    ((quarantined_before,),) = query(landed, "SELECT count(*) FROM quarantine")
     write(landed / "landing" / "events" / f"date={DAY}" / "broken.parquet", b"PAR1 this is not parquet")
-    import dagster as dg
 
-    with pytest.raises(dg.Failure, match="broken.parquet"):
-        ingest_events(landed, instance, [DAY])
-    assert _table_hashes(landed) == before
+    result = ingest_events(landed, instance, [DAY])
+
+    assert result.success
+    assert all(check_results(result).values()), check_results(result)
+    metadata = {e.asset_key.to_user_string(): e.materialization.metadata for e in result.get_asset_materialization_events()}
+    broken = f"events/date={DAY}/broken.parquet"
+    assert metadata["raw_events"]["unreadable_files"].value == [broken]
+    assert "unreadable_file" in metadata["quarantine"]["reasons"].value
+    ((line_no, field, detail),) = query(landed, "SELECT line_no, field, detail FROM quarantine WHERE reason = 'unreadable_file'")
+    assert (line_no, field) == (0, None) and broken in detail and "Parquet" in detail
+    after = _table_hashes(landed)
+    assert after["events"] == before["events"]
+    read, loaded, duplicates, bad = query(
+        landed, "SELECT rows_read, loaded, duplicates, quarantined FROM ingest_stats WHERE source = 'events'")[0]
+    assert read == loaded + duplicates + bad and bad == quarantined_before + 1
+    assert query(landed, "SELECT count(*) FROM quarantine WHERE source_file <> ?", [broken]) == [(quarantined_before,)]
 
 
 def test_a_range_of_days_is_one_run_and_equals_day_by_day(home, instance, tmp_path):
@@ -186,3 +201,38 @@ def test_a_range_of_days_is_one_run_and_equals_day_by_day(home, instance, tmp_pa
     for day in days:
         ingest_events(home, instance, [day])
     assert _table_hashes(home) == by_range
+
+
+def test_rows_of_erased_users_are_counted_as_erased_and_their_files_rewritten(landed, instance):
+    """Users erased by `portrait forget` before their rows are delivered (again): a numeric id, a
+    line that is not valid UTF-8, and CSV rows, good and broken. None is loaded or quarantined;
+    each is counted as erased, the counts reconcile, and the landing files lose exactly those rows."""
+    from orchestration.forget import record_erasure, user_hash
+
+    erased = ("7", "u4", "u5")  # 1 JSON line, 1 invalid UTF-8 line, and every CSV row: 3 good, 2 broken
+    with duckdb.connect(str(landed / "warehouse.duckdb")) as con:
+        for user in erased:
+            record_erasure(con, user_hash(user), None, 0, {}, [])
+    folder = landed / "landing" / "events" / f"date={DAY}"
+    jsonl_before = (folder / "mixed.jsonl").read_bytes().split(b"\n")
+
+    result = ingest_events(landed, instance, [DAY])
+
+    assert result.success
+    assert all(check_results(result).values()), check_results(result)
+    metadata = {e.asset_key.to_user_string(): e.materialization.metadata for e in result.get_asset_materialization_events()}
+    assert metadata["raw_events"]["rows_erased"].value == metadata["events"]["rows_erased"].value == 7
+    (read, loaded, duplicates, bad, gone), = query(
+        landed, "SELECT rows_read, loaded, duplicates, quarantined, erased FROM ingest_stats WHERE source = 'events'")
+    assert gone == 7 and read == len(_expected_jsonl()) + 5 == loaded + duplicates + bad + gone
+    assert query(landed, "SELECT count(*) FROM events WHERE user_id IN ('7', 'u4', 'u5')") == [(0,)]
+    assert query(landed, "SELECT count(*) FROM quarantine WHERE regexp_matches(record, '\\bu[45]\\b')") == [(0,)]
+    assert query(landed, "SELECT count(*), max(length(record)) FROM raw_events WHERE read_error = 'erased'") == [(7, 0)]
+    # the files lose exactly those rows, and the next load finds nothing to remove
+    assert (folder / "mixed.csv").read_text(encoding="utf-8") == CSV_TEXT.split("\n")[0] + "\n"
+    jsonl_after = (folder / "mixed.jsonl").read_bytes().split(b"\n")
+    assert [line for line in jsonl_before if line not in jsonl_after] == [
+        JSONL_ROWS[2][0].encode(), INVALID_UTF8_LINE]
+    assert ingest_events(landed, instance, [DAY]).success
+    assert query(landed, "SELECT rows_read, erased FROM ingest_stats WHERE source = 'events'") == [(read - 7, 0)]
+    assert query(landed, "SELECT count(*) FROM raw_events WHERE read_error = 'erased'") == [(0,)]

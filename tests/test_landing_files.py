@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import zlib
 
 import duckdb
 import pytest
@@ -59,12 +60,27 @@ def test_parquet_rows_keep_their_types(tmp_path):
 
 
 def test_an_unreadable_file_names_itself(tmp_path):
+    """The reader raises; the loader turns the error into one `unreadable_file` row whose
+    record is `problem`: what is wrong, without the path or any of the file's bytes."""
     path = write(tmp_path / "broken.parquet", b"not parquet at all")
-    with pytest.raises(LandingFileError, match="broken.parquet"):
+    with pytest.raises(LandingFileError, match="broken.parquet") as raised:
         rows(path)
+    assert not raised.value.transient and "Parquet" in raised.value.problem
     gz = write(tmp_path / "broken.jsonl.gz", b"not gzip")
-    with pytest.raises(LandingFileError, match="broken.jsonl.gz"):
+    with pytest.raises(LandingFileError, match="broken.jsonl.gz") as raised:
         rows(gz)
+    assert not raised.value.transient and raised.value.problem == "not gzip"
+    assert str(tmp_path) not in raised.value.problem
+
+
+def test_corrupt_deflate_data_is_an_unreadable_file_not_a_crash(tmp_path):
+    data = bytearray(gzip.compress(b'{"a": 1}\n' * 200, mtime=0))
+    data[10] ^= 0xFF  # the first block's header, right after the gzip header: zlib notices
+    path = write(tmp_path / "flipped.jsonl.gz", bytes(data))
+    with pytest.raises(LandingFileError, match="flipped.jsonl.gz") as raised:
+        rows(path)
+    assert isinstance(raised.value.__cause__, zlib.error)
+    assert not raised.value.transient and raised.value.problem.startswith("corrupt gzip: Error -3")
 
 
 def test_a_vanished_file_is_reported_as_missing(tmp_path):
