@@ -251,7 +251,7 @@ def _salt(home: Path) -> bytes:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        return bytes.fromhex(path.read_text(encoding="ascii").strip())
+        return _existing_salt(home)
     salt = secrets.token_bytes(32)
     with os.fdopen(fd, "w", encoding="ascii") as handle:
         handle.write(salt.hex() + "\n")

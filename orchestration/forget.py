@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import duckdb
 
-from assets.erasure import (  # noqa: F401 (re-exported: the command's helpers, shared with ingestion)
+from assets.erasure import (
     AUDIT_TABLE,
     SALT_FILE,
     UserMatcher,

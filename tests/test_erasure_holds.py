@@ -17,9 +17,9 @@ import dagster as dg
 import duckdb
 import pytest
 
+from assets.erasure import AUDIT_TABLE, user_hash
 from orchestration.backfill import EVENT_ASSETS, launch_backfill
 from orchestration.cli import main
-from orchestration.forget import AUDIT_TABLE, user_hash
 from orchestration.importers.demo import generate_demo
 from orchestration.runs import QUIET, RANGE_END_TAG, RANGE_START_TAG, build_downstream
 from resources.landing import LandingZone

@@ -17,17 +17,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from assets.erasure import UserMatcher, count_user_rows, rewrite_without_user, user_hash
 from assets.landing_files import read_landing_file
 from orchestration.cli import main
 from orchestration.definitions import build_defs
-from orchestration.forget import (
-    UserMatcher,
-    audit_reason,
-    count_user_rows,
-    rewrite_without_user,
-    scan_landing,
-    user_hash,
-)
+from orchestration.forget import audit_reason, scan_landing
 from orchestration.importers.demo import generate_demo
 from orchestration.runs import run_job
 from resources.landing import LandingZone

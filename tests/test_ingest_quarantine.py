@@ -207,7 +207,8 @@ def test_rows_of_erased_users_are_counted_as_erased_and_their_files_rewritten(la
     """Users erased by `portrait forget` before their rows are delivered (again): a numeric id, a
     line that is not valid UTF-8, and CSV rows, good and broken. None is loaded or quarantined;
     each is counted as erased, the counts reconcile, and the landing files lose exactly those rows."""
-    from orchestration.forget import record_erasure, user_hash
+    from assets.erasure import user_hash
+    from orchestration.forget import record_erasure
 
     erased = ("7", "u4", "u5")  # 1 JSON line, 1 invalid UTF-8 line, and every CSV row: 3 good, 2 broken
     with duckdb.connect(str(landed / "warehouse.duckdb")) as con:
