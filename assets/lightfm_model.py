@@ -22,15 +22,15 @@ from assets.recsys_eval import Candidate, Split, evaluate, recommend
 class LightFMSettings:
     loss: str = "warp"                   # warp, bpr or logistic
     components: int = 64
-    learning_rate: float = 0.025
+    learning_rate: float = 0.005
     item_alpha: float = 1e-5
     user_alpha: float = 1e-5
     max_sampled: int = 30
     max_epochs: int = 60
     patience: int = 5                    # epochs without a better validation score before stopping
-    tolerance: float = 0.03              # the fewest epochs within this share of the best validation score win
     seeds: tuple[int, ...] = (7,)
     feature_weight: float = 0.25         # weight of a side feature next to the identity feature
+    sample_weights: bool = True          # each interaction weighted by its event weight (else all count 1)
     num_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
 
     def __post_init__(self) -> None:
@@ -111,8 +111,12 @@ class LightFMRecommender(Candidate):
                                item_alpha=s.item_alpha, user_alpha=s.user_alpha, max_sampled=s.max_sampled,
                                random_state=seed) for seed in s.seeds]
         self.epochs_done = 0
-        self._interactions = (binary, interactions)
+        self._interactions = (binary, interactions if s.sample_weights else None)
         self.train_epochs(self.epochs)
+
+    def settle_like(self, fitted: Candidate) -> None:
+        """Train for the epochs `fitted` chose instead of running early stopping again."""
+        self.epochs = fitted.epochs
 
     def train_epochs(self, epochs: int) -> None:
         binary, weights = self._interactions
@@ -122,12 +126,8 @@ class LightFMRecommender(Candidate):
         self.epochs_done += epochs
 
     def _choose_epochs(self, train: pd.DataFrame) -> int:
-        """Epochs by early stopping on the inner validation split(s) (never the test split).
-
-        The curve is the mean over the splits, and the fewest epochs within `tolerance` of its
-        best win: on small shops the curve is flat and noisy near its top, and a model trained
-        past its peak loses more on new data than one stopped a little early.
-        """
+        """Epochs by early stopping on the inner validation split(s) (never the test split): the
+        best epoch of the mean curve over the splits (one split's curve is noisier than their mean)."""
         inner = self.validation(train)
         splits = inner if isinstance(inner, list) else [inner]
         k = int(self.metric.split("@")[1])
@@ -143,8 +143,7 @@ class LightFMRecommender(Candidate):
             if epoch - int(np.argmax(curve)) - 1 >= self.settings.patience:
                 break
         self.validation_curve = [round(score, 5) for score in curve]
-        best = max(curve)
-        return next(epoch for epoch, score in enumerate(curve, 1) if score >= best * (1 - self.settings.tolerance))
+        return int(np.argmax(curve)) + 1
 
     def representations(self) -> tuple[np.ndarray, np.ndarray]:
         """(user matrix, item matrix), each with two bias columns and averaged over the seeds, so that

@@ -16,9 +16,17 @@ import pandas as pd
 from assets.automation import WAREHOUSE_POOL
 from assets.blend import Blend
 from assets.metadata import bar_chart_markdown, markdown_table
-from assets.recommender_recipe import PRODUCTION, RecommenderConfig, baselines, content_vectors, make_split, production
+from assets.recommender_recipe import (
+    HYBRID,
+    PRODUCTION,
+    RecommenderConfig,
+    baselines,
+    content_vectors,
+    make_split,
+    production,
+)
 from assets.recsys_dataset import UserFeatures, dataset_config, demographics, item_features, read_dataset
-from assets.recsys_eval import Split, best_baseline, evaluate_candidates, results_table
+from assets.recsys_eval import Split, best_baseline, evaluate_candidates, evaluate_fitted, results_table
 from resources.warehouse import Warehouse
 
 EVALUATIONS = "recommender_evaluations"
@@ -27,7 +35,8 @@ EVALUATIONS = "recommender_evaluations"
 def evaluate_recipe(con: duckdb.DuckDBPyConnection, config: RecommenderConfig
                     ) -> tuple[Split, dict[str, dict], Blend]:
     """Split the dataset, build features as of the cut (with the dataset's settings), and
-    evaluate the baselines and the blend; return the split, the results and the fitted blend."""
+    evaluate the baselines, the blend and, on its own, the blend's LightFM hybrid member;
+    return the split, the results and the fitted blend."""
     df, _, _ = read_dataset(con)
     settings = dataset_config(con)
     split = make_split(df, config)
@@ -36,7 +45,14 @@ def evaluate_recipe(con: duckdb.DuckDBPyConnection, config: RecommenderConfig
     vectors = content_vectors(con, split.cut)
     catalogue = sorted(set(items) | set(split.train["item_id"]))
     blend = production(config, items, users, vectors, catalogue)
-    return split, evaluate_candidates(baselines(config, vectors) + [blend], split, config.k), blend
+    results = evaluate_candidates(baselines(config, vectors) + [blend], split, config.k)
+    hybrid = next(m for m in blend.members if m.name == HYBRID)
+    results[HYBRID] = evaluate_fitted(hybrid, split, config.k)
+    return split, results, blend
+
+
+def is_baseline(name: str) -> bool:
+    return name not in (PRODUCTION, HYBRID)
 
 
 def append_results(con: duckdb.DuckDBPyConnection, results: dict[str, dict], split: Split, config: RecommenderConfig) -> None:
@@ -45,7 +61,7 @@ def append_results(con: duckdb.DuckDBPyConnection, results: dict[str, dict], spl
     metrics = (f"recall@{k}", f"ndcg@{k}", f"precision@{k}", f"map@{k}", f"hit_rate@{k}", "auc", "coverage",
                "novelty", "seconds")
     frame = pd.DataFrame([{"candidate": name, "protocol": split.name, "k": k, **{m: r.get(m) for m in metrics},
-                           "baseline": name != PRODUCTION, "recipe": json.dumps(config.model_dump())}
+                           "baseline": is_baseline(name), "recipe": json.dumps(config.model_dump())}
                           for name, r in results.items()])
     frame.columns = [c.split("@")[0] for c in frame.columns]
     con.register("_results", frame)
@@ -61,7 +77,7 @@ def append_results(con: duckdb.DuckDBPyConnection, results: dict[str, dict], spl
 def verdict(results: dict[str, dict], k: int) -> dict:
     """The production blend against the best baseline on recall and NDCG at k."""
     found = {}
-    base = {name: r for name, r in results.items() if name != PRODUCTION}
+    base = {name: r for name, r in results.items() if is_baseline(name)}
     for metric in (f"recall@{k}", f"ndcg@{k}"):
         name, value = best_baseline(base, metric)
         ours = float(results[PRODUCTION][metric])

@@ -379,6 +379,10 @@ class Candidate:
     def _fit(self, train: pd.DataFrame, rows: np.ndarray, cols: np.ndarray) -> None:
         raise NotImplementedError
 
+    def settle_like(self, fitted: Candidate) -> None:
+        """Take the settings `fitted` (the same candidate, already fitted) chose on validation,
+        instead of choosing them again; a candidate that chooses nothing has nothing to take."""
+
     def scores(self, users: Sequence[str]) -> np.ndarray:
         raise NotImplementedError
 
@@ -601,6 +605,14 @@ def evaluate_candidate(candidate: Candidate, split: Split, k: int | Sequence[int
     with full score vectors, and the seconds taken."""
     started = time.perf_counter()
     candidate.fit(split.train)
+    return evaluate_fitted(candidate, split, k, exclude, catalogue_size, started)
+
+
+def evaluate_fitted(candidate: Candidate, split: Split, k: int | Sequence[int] = 10, exclude: str | None = None,
+                    catalogue_size: int | None = None, started: float | None = None) -> dict:
+    """`evaluate_candidate` for a candidate already fitted on `split.train` (a blend's member);
+    `seconds` counts from `started`, or from now."""
+    started = time.perf_counter() if started is None else started
     recommended = recommend(candidate, split.users, _ks(k)[-1], exclude or split.exclude)
     result = evaluate(recommended, split, k, catalogue_size=catalogue_size)
     result["auc"] = candidate_auc(candidate, split) if getattr(candidate, "full_scores", False) else None

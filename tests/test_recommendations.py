@@ -133,7 +133,7 @@ def test_every_user_gets_ranked_reasoned_recommendations_without_purchased_items
     assert bought == 0  # purchases excluded by default
     assert viewed_again > 0  # views may come back
     assert ordered == 0  # ranks follow scores
-    assert evaluated == (6, True)  # five baselines and the blend, each with the recipe
+    assert evaluated == (7, True)  # five baselines, the LightFM hybrid and the blend, each with the recipe
     store = ModelStore(root=str(shop / "models"))
     published = store.latest(MODEL_NAME)
     if published:

@@ -36,7 +36,7 @@ def test_every_candidate_on_one_split_with_history(home):
     # no item texts were embedded here, so content similarity uses the one-hot categories
     assert baselines == {"popularity", "recent_popularity_30d", "own_items_by_recency", "lightfm_ids",
                          "content_similarity"}
-    assert {name for name, _, baseline, _ in rows if not baseline} == {"production_blend"}
+    assert {name for name, _, baseline, _ in rows if not baseline} == {"production_blend", "lightfm_hybrid"}
     assert all(runs == 2 for _, runs, _, _ in rows)  # each run appended, the earlier one kept
     assert json.loads(rows[0][3])["seeds"] == 1  # the recipe travels with the results
 
@@ -49,7 +49,7 @@ def test_validation_folds_score_a_fixed_sample_of_users_and_train_on_everything(
                        "weight": 1.0})
     whole = validation_folds(df, RecommenderConfig())
     capped = validation_folds(df, RecommenderConfig(validation_users=100))
-    assert all(len(f.users) > 100 for f in whole) and [len(f.users) for f in capped] == [100, 100]
+    assert all(len(f.users) > 100 for f in whole) and [len(f.users) for f in capped] == [100] * 4
     for small, full in zip(capped, whole):
         assert set(small.users) <= set(full.users) and set(small.test) == set(small.users)
         assert all(small.test[u] == full.test[u] for u in small.users)
