@@ -27,7 +27,7 @@ class LightFMSettings:
     user_alpha: float = 1e-5
     max_sampled: int = 30
     max_epochs: int = 60
-    patience: int = 5                    # epochs without a better validation score before stopping
+    patience: int = 10                   # epochs without a better validation score before stopping
     seeds: tuple[int, ...] = (7,)
     feature_weight: float = 0.25         # weight of a side feature next to the identity feature
     sample_weights: bool = True          # each interaction weighted by its event weight (else all count 1)
