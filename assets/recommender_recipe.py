@@ -109,6 +109,12 @@ def validation_folds(train: pd.DataFrame, config: RecommenderConfig) -> list[Spl
     return folds
 
 
+def validation(config: RecommenderConfig) -> Callable[[pd.DataFrame], list[Split]]:
+    """`validation_folds` for this config, as the function LightFM's early stopping and the
+    blend's weight search call on whatever training data they are fitted on."""
+    return lambda train: validation_folds(train, config)
+
+
 def _sampled(split: Split, users: int) -> Split:
     """The split scored on at most `users` of its users, drawn with a fixed seed; training stays whole."""
     if len(split.users) <= users:
@@ -135,7 +141,7 @@ def lightfm_settings(config: RecommenderConfig) -> LightFMSettings:
 
 def baselines(config: RecommenderConfig, vectors: Vectors | None) -> list[Candidate]:
     """The fixed baselines, unfitted."""
-    folds = lambda train: validation_folds(train, config)  # noqa: E731 - the same protocol inside training
+    folds = validation(config)
     found: list[Candidate] = [
         Popularity(),
         RecentPopularity(days=config.recent_days),
@@ -153,7 +159,7 @@ def production(config: RecommenderConfig, item_features: Features, user_features
     """The production blend, unfitted. `user_features`: fixed, or `UserFeatures` computed from each
     fit's own training interactions. `catalogue`: items LightFM may recommend beyond those with
     interactions (new items, scored from their features)."""
-    folds = lambda train: validation_folds(train, config)  # noqa: E731 - the same protocol inside training
+    folds = validation(config)
     settings = lightfm_settings(config)
     members: list[Callable[[], Candidate]] = [
         lambda: Popularity(),

@@ -33,7 +33,7 @@ import numpy as np
 from assets.embeddings import item_embeddings, text_embeddings
 from assets.lightfm_model import LightFMRecommender, LightFMSettings
 from assets.recommender_evaluation import evaluate_recipe, verdict
-from assets.recommender_recipe import PRODUCTION, RecommenderConfig, lightfm_settings, validation_folds
+from assets.recommender_recipe import PRODUCTION, RecommenderConfig, lightfm_settings, validation
 from assets.recsys_dataset import DatasetConfig, read_dataset, write_dataset
 from assets.recsys_eval import evaluate_candidate
 from bench.machine import record
@@ -49,7 +49,7 @@ DATASETS = {
                "embed": True, "seed_sets": 5, "ablation": True,
                "config": RecommenderConfig(protocol="time", quantile=0.9, new_items_only=True, threads=1)},
     "taobao": {"importer": "taobao", "file": "taobao-userbehavior-head/UserBehavior.csv.gz", "embed": False,
-               "seed_sets": 1, "ablation": False,  # one evaluation takes about 20 minutes here
+               "seed_sets": 1, "ablation": False,  # one evaluation takes about 25 minutes here
                "config": RecommenderConfig(protocol="last_days", days=1, utc_offset_hours=8, threads=1)},
 }
 
@@ -88,7 +88,7 @@ def evaluate(name: str, seed_sets: int | None) -> dict:
             split, results, blend = evaluate_recipe(con, config)
         outcome = verdict(results, config.k)
         if DATASETS[name]["ablation"]:
-            tuned = LightFMRecommender(lightfm_settings(config), validation=lambda t: validation_folds(t, config),
+            tuned = LightFMRecommender(lightfm_settings(config), validation=validation(config),
                                        name="lightfm_ids_tuned")
             results[tuned.name] = evaluate_candidate(tuned, split, config.k)
         runs.append({"seed": seed,
